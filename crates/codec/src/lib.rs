@@ -1,0 +1,1 @@
+//! retain-codec (being written).

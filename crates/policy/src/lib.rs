@@ -1,0 +1,1 @@
+//! retain-policy (being written).
