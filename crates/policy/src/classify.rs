@@ -1,0 +1,799 @@
+//! The classifier: rules compiled into a few set matchers so one message is scanned once per
+//! field, whatever the number of rules.
+//!
+//! Every field condition of every rule (`when` and `unless`) becomes one *atom* (a bit). A message
+//! is scanned once: one Aho-Corasick automaton per text field for all keywords, one `RegexSet`
+//! per text field for all regexes, one `GlobSet` per name field, hash lookups for addresses,
+//! domains and labels. A rule matches when every `when` atom is set and no `unless` atom is.
+//! Rules are tried by precedence (priority, then order); the first match decides.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use retain_model::{Category, Classification, Direction, MailMessage, PhiIndicators};
+
+use crate::doc::{ConditionsDoc, Located, MergedDoc, RuleDoc};
+use crate::error::Result;
+
+/// Default MRN pattern: "MRN" followed by 6-10 digits. Group 1 is the number.
+pub(crate) const DEFAULT_MRN_PATTERN: &str = r"(?i)\bMRN\s*(?:#|:|no\.?|number)?\s*([0-9]{6,10})\b";
+/// Dotted ICD-10-CM codes (E11.9, S72.001A), or "ICD-10: I10".
+const ICD10_PATTERN: &str = r"\b[A-TV-Z][0-9][0-9AB]\.[0-9A-TV-Z]{1,4}\b|(?i:\bICD-?10(?:-CM)?\s*(?:code)?\s*[:#]?\s*)[A-TV-Z][0-9][0-9AB]\b";
+/// A date next to a date-of-birth marker.
+const DOB_PATTERN: &str = r"(?i)\b(?:DOB|D\.O\.B\.?|date of birth|birth ?date)\s*[:#-]?\s*(?:\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}|[A-Za-z]{3,9}\.? \d{1,2},? \d{4})";
+/// Default patient-care terms.
+pub(crate) const DEFAULT_PATIENT_TERMS: &[&str] = &[
+    "patient",
+    "pt",
+    "diagnosis",
+    "dx",
+    "discharge summary",
+    "lab results",
+    "prescription",
+    "medication",
+    "referral",
+    "treatment plan",
+    "chart",
+    "progress note",
+    "admitted",
+    "clinical",
+];
+
+type AtomId = u32;
+
+/// A set of atoms.
+#[derive(Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64).max(1)])
+    }
+    fn set(&mut self, a: AtomId) {
+        self.0[(a / 64) as usize] |= 1 << (a % 64);
+    }
+    fn get(&self, a: AtomId) -> bool {
+        self.0[(a / 64) as usize] & (1 << (a % 64)) != 0
+    }
+    fn set_all(&mut self, atoms: &[AtomId]) {
+        for a in atoms {
+            self.set(*a);
+        }
+    }
+}
+
+/// Keywords for one text field, matched whole-word and case-insensitively.
+#[derive(Default)]
+struct KeywordField {
+    patterns: Vec<String>,
+    atoms: Vec<Vec<AtomId>>,
+    index: HashMap<String, usize>,
+    automaton: Option<AhoCorasick>,
+}
+
+impl KeywordField {
+    fn add(&mut self, keyword: &str, atom: AtomId) {
+        let k = keyword.to_lowercase();
+        let i = *self.index.entry(k.clone()).or_insert_with(|| {
+            self.patterns.push(k);
+            self.atoms.push(Vec::new());
+            self.patterns.len() - 1
+        });
+        self.atoms[i].push(atom);
+    }
+
+    fn build(&mut self) -> std::result::Result<(), String> {
+        if !self.patterns.is_empty() {
+            let ac = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .build(&self.patterns)
+                .map_err(|e| e.to_string())?;
+            self.automaton = Some(ac);
+        }
+        Ok(())
+    }
+
+    /// Calls `hit` with the index of every keyword found as a whole word in `text`.
+    fn scan(&self, text: &str, mut hit: impl FnMut(usize)) {
+        let Some(ac) = &self.automaton else { return };
+        let bytes = text.as_bytes();
+        for m in ac.find_overlapping_iter(text) {
+            if whole_word(bytes, m.start(), m.end()) {
+                hit(m.pattern().as_usize());
+            }
+        }
+    }
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// Whether `[start, end)` is not glued to a word character on either side (edges of the match
+/// that are themselves non-word characters need no boundary).
+fn whole_word(text: &[u8], start: usize, end: usize) -> bool {
+    let left_ok = start == 0 || !is_word(text[start]) || !is_word(text[start - 1]);
+    let right_ok = end == text.len() || !is_word(text[end - 1]) || !is_word(text[end]);
+    left_ok && right_ok
+}
+
+/// Regexes for one text field, matched in one pass.
+#[derive(Default)]
+struct RegexField {
+    patterns: Vec<String>,
+    atoms: Vec<AtomId>,
+    set: Option<RegexSet>,
+}
+
+impl RegexField {
+    fn build(&mut self) -> std::result::Result<(), String> {
+        if !self.patterns.is_empty() {
+            let set = RegexSetBuilder::new(&self.patterns)
+                .size_limit(64 << 20)
+                .build()
+                .map_err(|e| e.to_string())?;
+            self.set = Some(set);
+        }
+        Ok(())
+    }
+
+    fn scan(&self, text: &str, bits: &mut Bits) {
+        if let Some(set) = &self.set {
+            for i in set.matches(text).iter() {
+                bits.set(self.atoms[i]);
+            }
+        }
+    }
+}
+
+/// Globs for one name field (folder, mailbox, attachment name), case-insensitive.
+struct GlobField {
+    builder: GlobSetBuilder,
+    atoms: Vec<AtomId>,
+    set: Option<GlobSet>,
+}
+
+impl Default for GlobField {
+    fn default() -> Self {
+        GlobField {
+            builder: GlobSetBuilder::new(),
+            atoms: Vec::new(),
+            set: None,
+        }
+    }
+}
+
+impl GlobField {
+    fn add(&mut self, glob: &str, atom: AtomId) -> std::result::Result<(), String> {
+        let g = GlobBuilder::new(glob)
+            .case_insensitive(true)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.builder.add(g);
+        self.atoms.push(atom);
+        Ok(())
+    }
+
+    fn build(&mut self) -> std::result::Result<(), String> {
+        if !self.atoms.is_empty() {
+            let b = std::mem::replace(&mut self.builder, GlobSetBuilder::new());
+            self.set = Some(b.build().map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    fn scan(&self, name: &str, bits: &mut Bits, scratch: &mut Vec<usize>) {
+        if let Some(set) = &self.set {
+            set.matches_into(name, scratch);
+            for i in scratch.iter() {
+                bits.set(self.atoms[*i]);
+            }
+        }
+    }
+}
+
+/// Exact lookups (addresses, domains, labels), lower-cased.
+#[derive(Default)]
+struct LookupField(HashMap<String, Vec<AtomId>>);
+
+impl LookupField {
+    fn add(&mut self, key: &str, atom: AtomId) {
+        self.0
+            .entry(key.trim().to_lowercase())
+            .or_default()
+            .push(atom);
+    }
+
+    fn scan(&self, key: &str, bits: &mut Bits) {
+        if self.0.is_empty() {
+            return;
+        }
+        let hit = if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.0.get(&key.to_ascii_lowercase())
+        } else {
+            self.0.get(key)
+        };
+        if let Some(atoms) = hit {
+            bits.set_all(atoms);
+        }
+    }
+
+    /// A domain and each parent domain (`a.b.org`, `b.org`, `org`).
+    fn scan_domain(&self, domain: &str, bits: &mut Bits) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut d = domain;
+        loop {
+            self.scan(d, bits);
+            match d.split_once('.') {
+                Some((_, rest)) if !rest.is_empty() => d = rest,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// One compiled rule.
+struct Rule {
+    id: Arc<str>,
+    category: Category,
+    confidence: f32,
+    when: Vec<AtomId>,
+    unless: Vec<AtomId>,
+}
+
+/// The PHI detector: MRN patterns (with capture group), ICD-10, dates of birth, patient terms.
+struct Phi {
+    /// One pass over a text: [mrn patterns..., icd10?, dob?].
+    set: Option<RegexSet>,
+    mrn: Vec<Regex>,
+    icd10_index: Option<usize>,
+    dob_index: Option<usize>,
+    terms: KeywordField,
+}
+
+impl Phi {
+    fn scan(&self, text: &str, phi: &mut PhiIndicators, refs: &mut Vec<String>) {
+        if let Some(set) = &self.set {
+            let m = set.matches(text);
+            for (i, re) in self.mrn.iter().enumerate() {
+                if m.matched(i) {
+                    phi.mrn = true;
+                    for c in re.captures_iter(text) {
+                        if let Some(g) = c.get(1) {
+                            let s = g.as_str();
+                            if !refs.iter().any(|r| r == s) {
+                                refs.push(s.to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+            if self.icd10_index.is_some_and(|i| m.matched(i)) {
+                phi.icd10 = true;
+            }
+            if self.dob_index.is_some_and(|i| m.matched(i)) {
+                phi.dob = true;
+            }
+        }
+        if !phi.patient_terms {
+            let mut found = false;
+            self.terms.scan(text, |_| found = true);
+            phi.patient_terms |= found;
+        }
+    }
+}
+
+/// The compiled classifier.
+pub(crate) struct Classifier {
+    atom_count: usize,
+    rules: Vec<Rule>,
+    subject_kw: KeywordField,
+    excerpt_kw: KeywordField,
+    subject_re: RegexField,
+    excerpt_re: RegexField,
+    from: LookupField,
+    to: LookupField,
+    from_domain: LookupField,
+    to_domain: LookupField,
+    participant_domain: LookupField,
+    labels: LookupField,
+    mailbox: GlobField,
+    folder: GlobField,
+    attachment_name: GlobField,
+    attachment_type: Vec<(String, AtomId)>,
+    direction: Vec<(Direction, AtomId)>,
+    phi_atoms: Vec<(&'static str, AtomId)>,
+    has_attachment: Vec<(bool, AtomId)>,
+    phi: Phi,
+}
+
+const PHI_CODES: [&str; 4] = ["mrn", "icd10", "dob", "patient_terms"];
+
+impl Classifier {
+    pub fn compile(doc: &MergedDoc, categories: &HashMap<String, Category>) -> Result<Self> {
+        let mut c = Classifier {
+            atom_count: 0,
+            rules: Vec::new(),
+            subject_kw: KeywordField::default(),
+            excerpt_kw: KeywordField::default(),
+            subject_re: RegexField::default(),
+            excerpt_re: RegexField::default(),
+            from: LookupField::default(),
+            to: LookupField::default(),
+            from_domain: LookupField::default(),
+            to_domain: LookupField::default(),
+            participant_domain: LookupField::default(),
+            labels: LookupField::default(),
+            mailbox: GlobField::default(),
+            folder: GlobField::default(),
+            attachment_name: GlobField::default(),
+            attachment_type: Vec::new(),
+            direction: Vec::new(),
+            phi_atoms: Vec::new(),
+            has_attachment: Vec::new(),
+            phi: compile_phi(doc)?,
+        };
+
+        // Precedence: priority (high first), then the order the rules were written in.
+        let mut ordered: Vec<&Located<RuleDoc>> = doc
+            .rules
+            .iter()
+            .filter(|r| r.item.enabled && !doc.header.disable_rules.contains(&r.item.id))
+            .collect();
+        ordered.sort_by_key(|r| std::cmp::Reverse(r.item.priority));
+
+        for r in ordered {
+            let item = format!("rule `{}`", r.item.id);
+            let rule = &r.item;
+            let category = categories.get(&rule.category).cloned().ok_or_else(|| {
+                let mut known: Vec<&str> = categories.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                r.loc.invalid(
+                    item.clone(),
+                    "category",
+                    format!("unknown category \"{}\"; known: {} (add a [[category]] to define a new one)", rule.category, known.join(", ")),
+                )
+            })?;
+            if !(0.0..=1.0).contains(&rule.confidence) {
+                return Err(r.loc.invalid(item, "confidence", "must be between 0 and 1"));
+            }
+            if rule.id.trim().is_empty() {
+                return Err(r.loc.invalid(item, "id", "must not be empty"));
+            }
+            let when = c
+                .add_conditions(&rule.when)
+                .map_err(|(f, m)| r.loc.invalid(item.clone(), format!("when.{f}"), m))?;
+            let unless = c
+                .add_conditions(&rule.unless)
+                .map_err(|(f, m)| r.loc.invalid(item.clone(), format!("unless.{f}"), m))?;
+            c.rules.push(Rule {
+                id: Arc::from(rule.id.as_str()),
+                category,
+                confidence: rule.confidence,
+                when,
+                unless,
+            });
+        }
+
+        let build_err = |field: &str, m: String| crate::Error::Invalid {
+            file: doc.sources.join(" + "),
+            line: 0,
+            item: "rules".to_owned(),
+            field: field.to_owned(),
+            message: m,
+        };
+        c.subject_kw
+            .build()
+            .map_err(|m| build_err("subject keywords", m))?;
+        c.excerpt_kw
+            .build()
+            .map_err(|m| build_err("excerpt keywords", m))?;
+        c.subject_re
+            .build()
+            .map_err(|m| build_err("subject regexes", m))?;
+        c.excerpt_re
+            .build()
+            .map_err(|m| build_err("excerpt regexes", m))?;
+        c.mailbox
+            .build()
+            .map_err(|m| build_err("mailbox globs", m))?;
+        c.folder.build().map_err(|m| build_err("folder globs", m))?;
+        c.attachment_name
+            .build()
+            .map_err(|m| build_err("attachment-name globs", m))?;
+        Ok(c)
+    }
+
+    fn new_atom(&mut self) -> AtomId {
+        self.atom_count += 1;
+        (self.atom_count - 1) as AtomId
+    }
+
+    /// Turns each non-empty field into one atom; errors are (field, message).
+    fn add_conditions(
+        &mut self,
+        cond: &ConditionsDoc,
+    ) -> std::result::Result<Vec<AtomId>, (String, String)> {
+        let mut atoms = Vec::new();
+        macro_rules! field {
+            ($name:literal, $values:expr, |$atom:ident, $i:ident, $v:ident| $body:expr) => {
+                if !$values.is_empty() {
+                    let $atom = self.new_atom();
+                    atoms.push($atom);
+                    for ($i, $v) in $values.iter().enumerate() {
+                        if $v.trim().is_empty() {
+                            return Err((format!("{}[{}]", $name, $i), "empty value".to_owned()));
+                        }
+                        let r = (|| -> std::result::Result<(), String> { $body })();
+                        r.map_err(|m| (format!("{}[{}]", $name, $i), m))?;
+                    }
+                }
+            };
+        }
+        field!("subject-keywords", cond.subject_keywords, |a, _i, v| {
+            self.subject_kw.add(v, a);
+            Ok(())
+        });
+        field!("excerpt-keywords", cond.excerpt_keywords, |a, _i, v| {
+            self.excerpt_kw.add(v, a);
+            Ok(())
+        });
+        field!("text-keywords", cond.text_keywords, |a, _i, v| {
+            self.subject_kw.add(v, a);
+            self.excerpt_kw.add(v, a);
+            Ok(())
+        });
+        field!("subject-regex", cond.subject_regex, |a, _i, v| {
+            check_regex(v)?;
+            self.subject_re.patterns.push(v.clone());
+            self.subject_re.atoms.push(a);
+            Ok(())
+        });
+        field!("excerpt-regex", cond.excerpt_regex, |a, _i, v| {
+            check_regex(v)?;
+            self.excerpt_re.patterns.push(v.clone());
+            self.excerpt_re.atoms.push(a);
+            Ok(())
+        });
+        field!("text-regex", cond.text_regex, |a, _i, v| {
+            check_regex(v)?;
+            self.subject_re.patterns.push(v.clone());
+            self.subject_re.atoms.push(a);
+            self.excerpt_re.patterns.push(v.clone());
+            self.excerpt_re.atoms.push(a);
+            Ok(())
+        });
+        field!("from", cond.from, |a, _i, v| {
+            check_address(v)?;
+            self.from.add(v, a);
+            Ok(())
+        });
+        field!("to", cond.to, |a, _i, v| {
+            check_address(v)?;
+            self.to.add(v, a);
+            Ok(())
+        });
+        field!("from-domain", cond.from_domain, |a, _i, v| {
+            check_domain(v)?;
+            self.from_domain.add(v, a);
+            Ok(())
+        });
+        field!("to-domain", cond.to_domain, |a, _i, v| {
+            check_domain(v)?;
+            self.to_domain.add(v, a);
+            Ok(())
+        });
+        field!("participant-domain", cond.participant_domain, |a, _i, v| {
+            check_domain(v)?;
+            self.participant_domain.add(v, a);
+            Ok(())
+        });
+        field!("mailbox", cond.mailbox, |a, _i, v| self.mailbox.add(v, a));
+        field!("folder", cond.folder, |a, _i, v| self.folder.add(v, a));
+        field!("label", cond.label, |a, _i, v| {
+            self.labels.add(v, a);
+            Ok(())
+        });
+        field!("attachment-name", cond.attachment_name, |a, _i, v| self
+            .attachment_name
+            .add(v, a));
+        field!("attachment-type", cond.attachment_type, |a, _i, v| {
+            let t = v.trim().to_ascii_lowercase();
+            if !t.contains('/') {
+                return Err(format!(
+                    "\"{v}\" is not a media type such as application/pdf or image/*"
+                ));
+            }
+            self.attachment_type.push((t, a));
+            Ok(())
+        });
+        field!("direction", cond.direction, |a, _i, v| {
+            let d = Direction::parse(v).ok_or_else(|| {
+                format!("unknown direction \"{v}\"; known: inbound, outbound, internal, unknown")
+            })?;
+            self.direction.push((d, a));
+            Ok(())
+        });
+        field!("phi", cond.phi, |a, _i, v| {
+            let code = PHI_CODES
+                .into_iter()
+                .find(|c| *c == v.as_str())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown PHI indicator \"{v}\"; known: {}",
+                        PHI_CODES.join(", ")
+                    )
+                })?;
+            self.phi_atoms.push((code, a));
+            Ok(())
+        });
+        if let Some(want) = cond.has_attachment {
+            let a = self.new_atom();
+            atoms.push(a);
+            self.has_attachment.push((want, a));
+        }
+        Ok(atoms)
+    }
+
+    /// Classifies one message. Deterministic: the same message and policy give the same result.
+    pub fn classify(&self, m: &MailMessage, policy_version: &Arc<str>) -> Classification {
+        let mut bits = Bits::new(self.atom_count);
+        let mut phi = PhiIndicators::default();
+        let mut refs = Vec::new();
+
+        let subject = m.subject.as_deref().unwrap_or("");
+        let excerpt = m.excerpt.as_deref().unwrap_or("");
+        for text in [subject, excerpt] {
+            if !text.is_empty() {
+                self.phi.scan(text, &mut phi, &mut refs);
+            }
+        }
+        if !subject.is_empty() {
+            self.subject_kw
+                .scan(subject, |i| bits.set_all(&self.subject_kw.atoms[i]));
+            self.subject_re.scan(subject, &mut bits);
+        }
+        if !excerpt.is_empty() {
+            self.excerpt_kw
+                .scan(excerpt, |i| bits.set_all(&self.excerpt_kw.atoms[i]));
+            self.excerpt_re.scan(excerpt, &mut bits);
+        }
+
+        if let Some(from) = &m.from {
+            self.from.scan(&from.address, &mut bits);
+            if let Some(d) = from.domain() {
+                self.from_domain.scan_domain(d, &mut bits);
+                self.participant_domain.scan_domain(d, &mut bits);
+            }
+        }
+        for r in m.recipients() {
+            self.to.scan(&r.address, &mut bits);
+            if let Some(d) = r.domain() {
+                self.to_domain.scan_domain(d, &mut bits);
+                self.participant_domain.scan_domain(d, &mut bits);
+            }
+        }
+        for l in &m.labels {
+            self.labels.scan(l, &mut bits);
+        }
+        let mut scratch = Vec::new();
+        self.mailbox.scan(&m.mailbox, &mut bits, &mut scratch);
+        if let Some(c) = &m.custodian {
+            self.mailbox.scan(c, &mut bits, &mut scratch);
+        }
+        if let Some(f) = &m.folder {
+            self.folder.scan(f, &mut bits, &mut scratch);
+        }
+        for a in &m.attachments {
+            if !a.name.is_empty() {
+                self.attachment_name.scan(&a.name, &mut bits, &mut scratch);
+            }
+            for (t, atom) in &self.attachment_type {
+                if media_type_matches(t, &a.media_type) {
+                    bits.set(*atom);
+                }
+            }
+        }
+        for (d, atom) in &self.direction {
+            if *d == m.direction {
+                bits.set(*atom);
+            }
+        }
+        for (code, atom) in &self.phi_atoms {
+            let on = match *code {
+                "mrn" => phi.mrn,
+                "icd10" => phi.icd10,
+                "dob" => phi.dob,
+                _ => phi.patient_terms,
+            };
+            if on {
+                bits.set(*atom);
+            }
+        }
+        for (want, atom) in &self.has_attachment {
+            if *want == !m.attachments.is_empty() {
+                bits.set(*atom);
+            }
+        }
+
+        let mut winner: Option<&Rule> = None;
+        let mut also = Vec::new();
+        for rule in &self.rules {
+            let matched =
+                rule.when.iter().all(|a| bits.get(*a)) && !rule.unless.iter().any(|a| bits.get(*a));
+            if !matched {
+                continue;
+            }
+            match winner {
+                None => winner = Some(rule),
+                Some(w) if rule.category != w.category && also.len() < 3 => {
+                    also.push(rule.id.clone())
+                }
+                Some(_) => {}
+            }
+            if also.len() >= 3 {
+                break;
+            }
+        }
+        match winner {
+            Some(r) => Classification {
+                category: r.category.clone(),
+                rule: Some(r.id.clone()),
+                confidence: r.confidence,
+                forced: false,
+                phi,
+                patient_refs: refs,
+                also_matched: also,
+                policy_version: policy_version.clone(),
+            },
+            None => Classification {
+                category: Category::unclassified(),
+                rule: None,
+                confidence: 0.0,
+                forced: false,
+                phi,
+                patient_refs: refs,
+                also_matched: also,
+                policy_version: policy_version.clone(),
+            },
+        }
+    }
+
+    /// Only PHI detection (for records whose category is forced).
+    pub fn detect_phi(&self, m: &MailMessage) -> (PhiIndicators, Vec<String>) {
+        let mut phi = PhiIndicators::default();
+        let mut refs = Vec::new();
+        for text in [m.subject.as_deref(), m.excerpt.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            self.phi.scan(text, &mut phi, &mut refs);
+        }
+        (phi, refs)
+    }
+
+    /// How many rules are in force.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+fn media_type_matches(pattern: &str, actual: &str) -> bool {
+    match pattern.strip_suffix("/*") {
+        Some(top) => actual
+            .split_once('/')
+            .is_some_and(|(t, _)| t.eq_ignore_ascii_case(top)),
+        None => actual.eq_ignore_ascii_case(pattern),
+    }
+}
+
+fn check_regex(re: &str) -> std::result::Result<(), String> {
+    Regex::new(re)
+        .map(|_| ())
+        .map_err(|e| format!("invalid regex: {e}"))
+}
+
+fn check_address(a: &str) -> std::result::Result<(), String> {
+    if a.contains('@') && !a.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(format!("\"{a}\" is not an e-mail address (local@domain)"))
+    }
+}
+
+fn check_domain(d: &str) -> std::result::Result<(), String> {
+    if d.contains('@') || d.contains(char::is_whitespace) || d.starts_with('.') {
+        Err(format!(
+            "\"{d}\" is not a domain such as example.org (subdomains match too)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn compile_phi(doc: &MergedDoc) -> Result<Phi> {
+    let invalid = |field: &str, m: String| crate::Error::Invalid {
+        file: doc.sources.join(" + "),
+        line: 0,
+        item: "[phi]".to_owned(),
+        field: field.to_owned(),
+        message: m,
+    };
+    let mrn_src: Vec<String> = doc
+        .phi
+        .mrn_patterns
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_MRN_PATTERN.to_owned()]);
+    let mut mrn = Vec::new();
+    for (i, p) in mrn_src.iter().enumerate() {
+        let re = Regex::new(p)
+            .map_err(|e| invalid(&format!("mrn-patterns[{i}]"), format!("invalid regex: {e}")))?;
+        if re.captures_len() < 2 {
+            return Err(invalid(
+                &format!("mrn-patterns[{i}]"),
+                "needs a capture group around the number, e.g. MRN[: ]*([0-9]{6,10})".to_owned(),
+            ));
+        }
+        mrn.push(re);
+    }
+    let mut patterns = mrn_src.clone();
+    let icd10_index = doc.phi.icd10.unwrap_or(true).then(|| {
+        patterns.push(ICD10_PATTERN.to_owned());
+        patterns.len() - 1
+    });
+    let dob_index = doc.phi.dob.unwrap_or(true).then(|| {
+        patterns.push(DOB_PATTERN.to_owned());
+        patterns.len() - 1
+    });
+    let set = if patterns.is_empty() {
+        None
+    } else {
+        Some(RegexSet::new(&patterns).map_err(|e| invalid("mrn-patterns", e.to_string()))?)
+    };
+    let mut terms = KeywordField::default();
+    let term_src: Vec<String> = doc.phi.patient_terms.clone().unwrap_or_else(|| {
+        DEFAULT_PATIENT_TERMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    for t in &term_src {
+        terms.add(t, 0);
+    }
+    terms.build().map_err(|m| invalid("patient-terms", m))?;
+    Ok(Phi {
+        set,
+        mrn,
+        icd10_index,
+        dob_index,
+        terms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_words_only() {
+        let t = b"the BAAL and BAA, (BAA)";
+        assert!(!whole_word(t, 4, 7)); // "BAA" inside "BAAL"
+        assert!(whole_word(t, 13, 16));
+        assert!(whole_word(t, 19, 22));
+    }
+
+    #[test]
+    fn media_types() {
+        assert!(media_type_matches("image/*", "IMAGE/png"));
+        assert!(media_type_matches("application/pdf", "application/PDF"));
+        assert!(!media_type_matches("application/pdf", "application/pdfx"));
+        assert!(!media_type_matches("image/*", "imagefoo"));
+    }
+}
