@@ -1,1 +1,67 @@
-fn main() {}
+//! `retain`: the command line. A thin layer that parses arguments, calls the crates and prints.
+//!
+//! Exit codes: 0 success; 1 failure (an outside system or a bug); 2 bad input (a policy file,
+//! case or argument that must be fixed).
+
+mod demo;
+mod output;
+mod policy_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Retain: e-mail retention for healthcare, from Kafka to Delta Lake.
+#[derive(Parser, Debug)]
+#[command(name = "retain", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the demo on embedded defaults (for now: the policy engine on the sample corpus).
+    Demo(demo::DemoArgs),
+    /// Check, explain and try out retention policies.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RETAIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if is_bad_input(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// Bad input (policy, case, arguments) exits 2; everything else 1.
+fn is_bad_input(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<retain_policy::Error>()
+            .is_some_and(|e| !matches!(e, retain_policy::Error::Read { .. }))
+            || c.downcast_ref::<output::BadInput>().is_some()
+    })
+}

@@ -130,6 +130,13 @@ struct RegexField {
 }
 
 impl RegexField {
+    fn add(&mut self, pattern: &str, atom: AtomId) -> std::result::Result<(), String> {
+        Regex::new(pattern).map_err(|e| format!("invalid regex: {e}"))?;
+        self.patterns.push(pattern.to_owned());
+        self.atoms.push(atom);
+        Ok(())
+    }
+
     fn build(&mut self) -> std::result::Result<(), String> {
         if !self.patterns.is_empty() {
             let set = RegexSetBuilder::new(&self.patterns)
@@ -416,128 +423,145 @@ impl Classifier {
         (self.atom_count - 1) as AtomId
     }
 
+    /// Turns one non-empty condition field into one atom, adding each value with `add`.
+    fn field(
+        &mut self,
+        atoms: &mut Vec<AtomId>,
+        name: &str,
+        values: &[String],
+        mut add: impl FnMut(&mut Self, AtomId, &str) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), (String, String)> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let atom = self.new_atom();
+        atoms.push(atom);
+        for (i, v) in values.iter().enumerate() {
+            if v.trim().is_empty() {
+                return Err((format!("{name}[{i}]"), "empty value".to_owned()));
+            }
+            add(self, atom, v).map_err(|m| (format!("{name}[{i}]"), m))?;
+        }
+        Ok(())
+    }
+
     /// Turns each non-empty field into one atom; errors are (field, message).
     fn add_conditions(
         &mut self,
         cond: &ConditionsDoc,
     ) -> std::result::Result<Vec<AtomId>, (String, String)> {
         let mut atoms = Vec::new();
-        macro_rules! field {
-            ($name:literal, $values:expr, |$atom:ident, $i:ident, $v:ident| $body:expr) => {
-                if !$values.is_empty() {
-                    let $atom = self.new_atom();
-                    atoms.push($atom);
-                    for ($i, $v) in $values.iter().enumerate() {
-                        if $v.trim().is_empty() {
-                            return Err((format!("{}[{}]", $name, $i), "empty value".to_owned()));
-                        }
-                        let r = (|| -> std::result::Result<(), String> { $body })();
-                        r.map_err(|m| (format!("{}[{}]", $name, $i), m))?;
-                    }
-                }
-            };
-        }
-        field!("subject-keywords", cond.subject_keywords, |a, _i, v| {
-            self.subject_kw.add(v, a);
+        let a = &mut atoms;
+        self.field(
+            a,
+            "subject-keywords",
+            &cond.subject_keywords,
+            |c, atom, v| {
+                c.subject_kw.add(v, atom);
+                Ok(())
+            },
+        )?;
+        self.field(
+            a,
+            "excerpt-keywords",
+            &cond.excerpt_keywords,
+            |c, atom, v| {
+                c.excerpt_kw.add(v, atom);
+                Ok(())
+            },
+        )?;
+        self.field(a, "text-keywords", &cond.text_keywords, |c, atom, v| {
+            c.subject_kw.add(v, atom);
+            c.excerpt_kw.add(v, atom);
             Ok(())
-        });
-        field!("excerpt-keywords", cond.excerpt_keywords, |a, _i, v| {
-            self.excerpt_kw.add(v, a);
-            Ok(())
-        });
-        field!("text-keywords", cond.text_keywords, |a, _i, v| {
-            self.subject_kw.add(v, a);
-            self.excerpt_kw.add(v, a);
-            Ok(())
-        });
-        field!("subject-regex", cond.subject_regex, |a, _i, v| {
-            check_regex(v)?;
-            self.subject_re.patterns.push(v.clone());
-            self.subject_re.atoms.push(a);
-            Ok(())
-        });
-        field!("excerpt-regex", cond.excerpt_regex, |a, _i, v| {
-            check_regex(v)?;
-            self.excerpt_re.patterns.push(v.clone());
-            self.excerpt_re.atoms.push(a);
-            Ok(())
-        });
-        field!("text-regex", cond.text_regex, |a, _i, v| {
-            check_regex(v)?;
-            self.subject_re.patterns.push(v.clone());
-            self.subject_re.atoms.push(a);
-            self.excerpt_re.patterns.push(v.clone());
-            self.excerpt_re.atoms.push(a);
-            Ok(())
-        });
-        field!("from", cond.from, |a, _i, v| {
+        })?;
+        self.field(a, "subject-regex", &cond.subject_regex, |c, atom, v| {
+            c.subject_re.add(v, atom)
+        })?;
+        self.field(a, "excerpt-regex", &cond.excerpt_regex, |c, atom, v| {
+            c.excerpt_re.add(v, atom)
+        })?;
+        self.field(a, "text-regex", &cond.text_regex, |c, atom, v| {
+            c.subject_re.add(v, atom)?;
+            c.excerpt_re.add(v, atom)
+        })?;
+        self.field(a, "from", &cond.from, |c, atom, v| {
             check_address(v)?;
-            self.from.add(v, a);
+            c.from.add(v, atom);
             Ok(())
-        });
-        field!("to", cond.to, |a, _i, v| {
+        })?;
+        self.field(a, "to", &cond.to, |c, atom, v| {
             check_address(v)?;
-            self.to.add(v, a);
+            c.to.add(v, atom);
             Ok(())
-        });
-        field!("from-domain", cond.from_domain, |a, _i, v| {
+        })?;
+        self.field(a, "from-domain", &cond.from_domain, |c, atom, v| {
             check_domain(v)?;
-            self.from_domain.add(v, a);
+            c.from_domain.add(v, atom);
             Ok(())
-        });
-        field!("to-domain", cond.to_domain, |a, _i, v| {
+        })?;
+        self.field(a, "to-domain", &cond.to_domain, |c, atom, v| {
             check_domain(v)?;
-            self.to_domain.add(v, a);
+            c.to_domain.add(v, atom);
             Ok(())
-        });
-        field!("participant-domain", cond.participant_domain, |a, _i, v| {
-            check_domain(v)?;
-            self.participant_domain.add(v, a);
+        })?;
+        self.field(
+            a,
+            "participant-domain",
+            &cond.participant_domain,
+            |c, atom, v| {
+                check_domain(v)?;
+                c.participant_domain.add(v, atom);
+                Ok(())
+            },
+        )?;
+        self.field(a, "mailbox", &cond.mailbox, |c, atom, v| {
+            c.mailbox.add(v, atom)
+        })?;
+        self.field(a, "folder", &cond.folder, |c, atom, v| {
+            c.folder.add(v, atom)
+        })?;
+        self.field(a, "label", &cond.label, |c, atom, v| {
+            c.labels.add(v, atom);
             Ok(())
-        });
-        field!("mailbox", cond.mailbox, |a, _i, v| self.mailbox.add(v, a));
-        field!("folder", cond.folder, |a, _i, v| self.folder.add(v, a));
-        field!("label", cond.label, |a, _i, v| {
-            self.labels.add(v, a);
-            Ok(())
-        });
-        field!("attachment-name", cond.attachment_name, |a, _i, v| self
-            .attachment_name
-            .add(v, a));
-        field!("attachment-type", cond.attachment_type, |a, _i, v| {
+        })?;
+        self.field(a, "attachment-name", &cond.attachment_name, |c, atom, v| {
+            c.attachment_name.add(v, atom)
+        })?;
+        self.field(a, "attachment-type", &cond.attachment_type, |c, atom, v| {
             let t = v.trim().to_ascii_lowercase();
             if !t.contains('/') {
                 return Err(format!(
                     "\"{v}\" is not a media type such as application/pdf or image/*"
                 ));
             }
-            self.attachment_type.push((t, a));
+            c.attachment_type.push((t, atom));
             Ok(())
-        });
-        field!("direction", cond.direction, |a, _i, v| {
+        })?;
+        self.field(a, "direction", &cond.direction, |c, atom, v| {
             let d = Direction::parse(v).ok_or_else(|| {
                 format!("unknown direction \"{v}\"; known: inbound, outbound, internal, unknown")
             })?;
-            self.direction.push((d, a));
+            c.direction.push((d, atom));
             Ok(())
-        });
-        field!("phi", cond.phi, |a, _i, v| {
+        })?;
+        self.field(a, "phi", &cond.phi, |c, atom, v| {
             let code = PHI_CODES
                 .into_iter()
-                .find(|c| *c == v.as_str())
+                .find(|code| *code == v)
                 .ok_or_else(|| {
                     format!(
                         "unknown PHI indicator \"{v}\"; known: {}",
                         PHI_CODES.join(", ")
                     )
                 })?;
-            self.phi_atoms.push((code, a));
+            c.phi_atoms.push((code, atom));
             Ok(())
-        });
+        })?;
         if let Some(want) = cond.has_attachment {
-            let a = self.new_atom();
-            atoms.push(a);
-            self.has_attachment.push((want, a));
+            let atom = self.new_atom();
+            atoms.push(atom);
+            self.has_attachment.push((want, atom));
         }
         Ok(atoms)
     }
@@ -618,7 +642,7 @@ impl Classifier {
             }
         }
         for (want, atom) in &self.has_attachment {
-            if *want == !m.attachments.is_empty() {
+            if *want != m.attachments.is_empty() {
                 bits.set(*atom);
             }
         }
@@ -692,12 +716,6 @@ fn media_type_matches(pattern: &str, actual: &str) -> bool {
             .is_some_and(|(t, _)| t.eq_ignore_ascii_case(top)),
         None => actual.eq_ignore_ascii_case(pattern),
     }
-}
-
-fn check_regex(re: &str) -> std::result::Result<(), String> {
-    Regex::new(re)
-        .map(|_| ())
-        .map_err(|e| format!("invalid regex: {e}"))
 }
 
 fn check_address(a: &str) -> std::result::Result<(), String> {

@@ -46,10 +46,10 @@ struct Obligation {
 impl Obligation {
     /// Whether the record's programs and events bring it into this obligation's scope.
     fn in_scope(&self, facts: &Facts, events: &[RetentionEvent]) -> bool {
-        if let Some(k) = self.when_event {
-            if !events.iter().any(|e| e.kind == k) {
-                return false;
-            }
+        if let Some(k) = self.when_event
+            && !events.iter().any(|e| e.kind == k)
+        {
+            return false;
         }
         self.programs.is_empty()
             || facts
@@ -331,16 +331,19 @@ impl Scheduler {
                 "waiting for the record holder (hospital, physician, ...)",
                 Until::Pending(vec!["record_holder".to_owned()]),
             ));
-        } else if index.state_law && !state_applied {
-            if let Some(j) = &jurisdiction {
-                let h = holder.as_deref().unwrap_or("any holder");
-                outcomes.push(synthetic(
-                    &format!("retain.no-state-rule.{}", j.to_ascii_lowercase()),
-                    &format!("Retain safeguard: the policy has no {j} rule for {h}; kept until one is added"),
-                    "kept until a state rule applies",
-                    Until::Indefinite,
-                ));
-            }
+        } else if index.state_law
+            && !state_applied
+            && let Some(j) = &jurisdiction
+        {
+            let h = holder.as_deref().unwrap_or("any holder");
+            outcomes.push(synthetic(
+                &format!("retain.no-state-rule.{}", j.to_ascii_lowercase()),
+                &format!(
+                    "Retain safeguard: the policy has no {j} rule for {h}; kept until one is added"
+                ),
+                "kept until a state rule applies",
+                Until::Indefinite,
+            ));
         }
         if outcomes.is_empty() {
             outcomes.push(self.synthetic.no_obligation.clone());

@@ -72,7 +72,7 @@ fn until_of<'a>(dec: &'a RetentionDecision, id: &str) -> &'a Until {
 fn hipaa_documentation_waits_for_superseded_then_six_years_from_the_later_date() {
     let p = builtin();
     let f = Facts::default();
-    let open = sched(&p, "hipaa_documentation", "2018-01-10", &f, &[]);
+    let open = sched(p, "hipaa_documentation", "2018-01-10", &f, &[]);
     assert_eq!(open.status, RetentionStatus::Pending);
     assert_eq!(open.retain_until, None);
     assert_eq!(open.waiting_for, vec!["superseded"]);
@@ -80,7 +80,7 @@ fn hipaa_documentation_waits_for_superseded_then_six_years_from_the_later_date()
 
     // Superseded after creation: 6 years from last in effect.
     let later = sched(
-        &p,
+        p,
         "hipaa_documentation",
         "2018-01-10",
         &f,
@@ -91,7 +91,7 @@ fn hipaa_documentation_waits_for_superseded_then_six_years_from_the_later_date()
 
     // A superseding event dated before creation (a copy mailed later): creation + 6 wins.
     let copy = sched(
-        &p,
+        p,
         "hipaa_documentation",
         "2022-03-01",
         &f,
@@ -101,7 +101,7 @@ fn hipaa_documentation_waits_for_superseded_then_six_years_from_the_later_date()
 
     // Several supersessions: the latest counts.
     let many = sched(
-        &p,
+        p,
         "hipaa_documentation",
         "2018-01-10",
         &f,
@@ -117,33 +117,27 @@ fn hipaa_documentation_waits_for_superseded_then_six_years_from_the_later_date()
 fn leap_day_plus_six_years_is_first_of_march() {
     let p = builtin();
     let dec = sched(
-        &p,
+        p,
         "hipaa_documentation",
         "2020-02-29",
         &Facts::default(),
         &[ev(EventKind::Superseded, "2019-01-01")],
     );
     assert_eq!(dec.retain_until, Some(d("2026-03-01")));
-    let dec = sched(
-        &p,
-        "security_incident",
-        "2024-02-29",
-        &Facts::default(),
-        &[],
-    );
+    let dec = sched(p, "security_incident", "2024-02-29", &Facts::default(), &[]);
     assert_eq!(dec.retain_until, Some(d("2030-03-01")));
     // 2024 + 4 is a leap year again: stays 29 February.
-    let dec = sched(&p, "administrative", "2024-02-29", &Facts::default(), &[]);
+    let dec = sched(p, "administrative", "2024-02-29", &Facts::default(), &[]);
     assert_eq!(dec.retain_until, Some(d("2027-03-01")));
 }
 
 #[test]
 fn fixed_period_from_creation() {
     let p = builtin();
-    let dec = sched(&p, "administrative", "2021-07-15", &Facts::default(), &[]);
+    let dec = sched(p, "administrative", "2021-07-15", &Facts::default(), &[]);
     assert_eq!(dec.retain_until, Some(d("2024-07-15")));
     assert_eq!(dec.governing.as_deref(), Some("org.administrative"));
-    let dec = sched(&p, "transient", "2021-07-15", &Facts::default(), &[]);
+    let dec = sched(p, "transient", "2021-07-15", &Facts::default(), &[]);
     assert_eq!(dec.retain_until, Some(d("2022-07-15")));
 }
 
@@ -153,7 +147,7 @@ fn colorado_minor_is_kept_until_28_or_ten_years_after_last_encounter() {
     let mut f = facts("CO", "hospital");
     f.patient_birth_date = Some(d("2010-03-01"));
     f.last_encounter_date = Some(d("2020-05-05"));
-    let dec = sched(&p, "clinical", "2020-05-06", &f, &[]);
+    let dec = sched(p, "clinical", "2020-05-06", &f, &[]);
     // later(2020-05-06 + 10y, age 28 = 2038-03-01) = 2038-03-01
     assert_eq!(dec.retain_until, Some(d("2038-03-01")));
     assert_eq!(dec.governing.as_deref(), Some("state.co.hospital"));
@@ -170,11 +164,11 @@ fn colorado_adult_runs_from_the_latest_known_encounter() {
     let mut f = facts("CO", "hospital");
     f.patient_birth_date = Some(d("1960-01-01"));
     f.last_encounter_date = Some(d("2020-05-05"));
-    let dec = sched(&p, "clinical", "2019-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2019-01-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2030-05-05")));
     // A later encounter event moves it.
     let dec = sched(
-        &p,
+        p,
         "clinical",
         "2019-01-01",
         &f,
@@ -188,7 +182,7 @@ fn age_rule_without_a_birth_date_is_pending_not_guessed() {
     let p = builtin();
     let mut f = facts("CO", "hospital");
     f.last_encounter_date = Some(d("2020-05-05"));
-    let dec = sched(&p, "clinical", "2020-05-06", &f, &[]);
+    let dec = sched(p, "clinical", "2020-05-06", &f, &[]);
     assert_eq!(dec.status, RetentionStatus::Pending);
     assert_eq!(dec.waiting_for, vec!["patient_birth_date"]);
 }
@@ -201,19 +195,19 @@ fn arizona_whichever_occurs_first_for_minors_only() {
     // Minor at the last service (age 15): first of (3 years after 18th birthday = age 21) and
     // (7 years after last service).
     f.patient_birth_date = Some(d("2005-01-01"));
-    let dec = sched(&p, "clinical", "2019-06-01", &f, &[]);
+    let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2026-01-01")));
     // Younger minor: 7 years after last service comes first.
     f.patient_birth_date = Some(d("2012-01-01"));
-    let dec = sched(&p, "clinical", "2019-06-01", &f, &[]);
+    let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2027-01-01")));
     // Adult: the minors' clause never applies, so a long-past 21st birthday cannot win.
     f.patient_birth_date = Some(d("1950-01-01"));
-    let dec = sched(&p, "clinical", "2019-06-01", &f, &[]);
+    let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2027-01-01")));
     // Birth date unknown: the first-of clause still has a known date, so no waiting.
     f.patient_birth_date = None;
-    let dec = sched(&p, "clinical", "2019-06-01", &f, &[]);
+    let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2027-01-01")));
 }
 
@@ -224,7 +218,7 @@ fn age_of_majority_follows_the_jurisdiction() {
     let mut f = facts("AL", "hospital");
     f.patient_birth_date = Some(d("2015-06-01"));
     f.discharge_date = Some(d("2020-01-01"));
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(dec.retain_until, Some(d("2038-06-01")));
 }
 
@@ -233,10 +227,10 @@ fn discharge_event_starts_the_state_clock() {
     let p = builtin();
     let mut f = facts("AK", "hospital");
     f.patient_birth_date = Some(d("1980-01-01"));
-    let before = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let before = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(before.retain_until, Some(d("2027-01-01")));
     let after = sched(
-        &p,
+        p,
         "clinical",
         "2020-01-01",
         &f,
@@ -252,7 +246,7 @@ fn unknown_jurisdiction_or_holder_waits_instead_of_guessing() {
         patient_birth_date: Some(d("1970-01-01")),
         ..Facts::default()
     };
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(dec.status, RetentionStatus::Pending);
     assert!(
         dec.waiting_for.contains(&"jurisdiction".to_owned()),
@@ -261,7 +255,7 @@ fn unknown_jurisdiction_or_holder_waits_instead_of_guessing() {
     );
 
     f.jurisdiction = Some("CO".into());
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(dec.status, RetentionStatus::Pending);
     assert!(
         dec.waiting_for.contains(&"record_holder".to_owned()),
@@ -275,21 +269,21 @@ fn state_without_a_rule_keeps_clinical_mail_indefinitely() {
     let p = builtin();
     let mut f = facts("WY", "hospital");
     f.patient_birth_date = Some(d("1970-01-01"));
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(dec.status, RetentionStatus::Indefinite);
     assert_eq!(dec.retain_until, None);
     assert_eq!(dec.governing.as_deref(), Some("retain.no-state-rule.wy"));
     // A lower-case jurisdiction is the same jurisdiction.
     let mut f = facts("co", "Hospital");
     f.patient_birth_date = Some(d("1970-01-01"));
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert_eq!(dec.governing.as_deref(), Some("state.co.hospital"));
 }
 
 #[test]
 fn state_rule_with_no_statutory_period_is_indefinite() {
     let p = builtin();
-    let dec = sched(&p, "clinical", "2020-01-01", &facts("IL", "hospital"), &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &facts("IL", "hospital"), &[]);
     assert_eq!(dec.status, RetentionStatus::Indefinite);
     assert_eq!(dec.governing.as_deref(), Some("state.il.hospital"));
 }
@@ -297,10 +291,10 @@ fn state_rule_with_no_statutory_period_is_indefinite() {
 #[test]
 fn unclassified_and_unknown_categories_are_never_scheduled() {
     let p = builtin();
-    let dec = sched(&p, "unclassified", "2001-01-01", &Facts::default(), &[]);
+    let dec = sched(p, "unclassified", "2001-01-01", &Facts::default(), &[]);
     assert_eq!(dec.status, RetentionStatus::Indefinite);
     assert_eq!(dec.governing.as_deref(), Some("retain.unclassified"));
-    let dec = sched(&p, "research_record", "2001-01-01", &Facts::default(), &[]);
+    let dec = sched(p, "research_record", "2001-01-01", &Facts::default(), &[]);
     assert_eq!(dec.status, RetentionStatus::Indefinite);
     assert_eq!(dec.governing.as_deref(), Some("retain.unknown-category"));
 }
@@ -309,10 +303,10 @@ fn unclassified_and_unknown_categories_are_never_scheduled() {
 fn authorisation_and_contract_clocks() {
     let p = builtin();
     let f = Facts::default();
-    let open = sched(&p, "marketing_authorization", "2019-05-01", &f, &[]);
+    let open = sched(p, "marketing_authorization", "2019-05-01", &f, &[]);
     assert_eq!(open.waiting_for, vec!["authorization_revoked"]);
     let revoked = sched(
-        &p,
+        p,
         "marketing_authorization",
         "2019-05-01",
         &f,
@@ -320,7 +314,7 @@ fn authorisation_and_contract_clocks() {
     );
     assert_eq!(revoked.retain_until, Some(d("2026-02-01")));
     let ba = sched(
-        &p,
+        p,
         "business_associate",
         "2019-05-01",
         &f,
@@ -334,7 +328,7 @@ fn open_amendment_request_preserves_until_resolved_plus_six_years() {
     let p = builtin();
     let f = Facts::default();
     let open = sched(
-        &p,
+        p,
         "administrative",
         "2019-05-01",
         &f,
@@ -343,7 +337,7 @@ fn open_amendment_request_preserves_until_resolved_plus_six_years() {
     assert_eq!(open.status, RetentionStatus::Pending);
     assert_eq!(open.waiting_for, vec!["amendment_resolved"]);
     let done = sched(
-        &p,
+        p,
         "administrative",
         "2019-05-01",
         &f,
@@ -355,7 +349,7 @@ fn open_amendment_request_preserves_until_resolved_plus_six_years() {
     assert_eq!(done.retain_until, Some(d("2026-03-01")));
     // A new request after the resolution reopens it.
     let reopened = sched(
-        &p,
+        p,
         "administrative",
         "2019-05-01",
         &f,
@@ -371,13 +365,13 @@ fn open_amendment_request_preserves_until_resolved_plus_six_years() {
 #[test]
 fn programs_add_their_periods() {
     let p = builtin();
-    let plain = sched(&p, "program_record", "2020-01-01", &Facts::default(), &[]);
+    let plain = sched(p, "program_record", "2020-01-01", &Facts::default(), &[]);
     assert_eq!(plain.retain_until, Some(d("2027-01-01")));
     let f = Facts {
         programs: vec!["medicaid_managed_care".into()],
         ..Facts::default()
     };
-    let mc = sched(&p, "program_record", "2020-01-01", &f, &[]);
+    let mc = sched(p, "program_record", "2020-01-01", &f, &[]);
     assert_eq!(mc.retain_until, Some(d("2030-01-01")));
     assert_eq!(mc.governing.as_deref(), Some("us.medicaid.managed-care"));
     let f = Facts {
@@ -385,7 +379,7 @@ fn programs_add_their_periods() {
         ..Facts::default()
     };
     let ma = sched(
-        &p,
+        p,
         "program_record",
         "2020-01-01",
         &f,
@@ -399,7 +393,7 @@ fn every_outcome_carries_citation_and_policy_version() {
     let p = builtin();
     let mut f = facts("CO", "hospital");
     f.patient_birth_date = Some(d("1970-01-01"));
-    let dec = sched(&p, "clinical", "2020-01-01", &f, &[]);
+    let dec = sched(p, "clinical", "2020-01-01", &f, &[]);
     assert!(!dec.obligations.is_empty());
     for o in &dec.obligations {
         assert!(!o.citation.is_empty(), "{} has no citation", o.id);

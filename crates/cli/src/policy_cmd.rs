@@ -1,0 +1,469 @@
+//! `retain policy check|explain|classify`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use retain_mail::{MailSource, MailboxRule, MessageContext};
+use retain_policy::{Case, Policy};
+use serde::Serialize;
+
+use crate::output::{BadInput, Format, count, csv_field, spinner, table};
+
+/// `retain policy ...`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate a policy file (layered over the built-in pack) and summarise it.
+    Check(CheckArgs),
+    /// Classify and schedule one case and explain every date with its rule and citation.
+    Explain(ExplainArgs),
+    /// Classify every message under maildir/mbox/.eml paths and count the categories.
+    Classify(ClassifyArgs),
+}
+
+/// Arguments of `retain policy check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The policy file (TOML); `builtin` checks the built-in pack alone.
+    #[arg(env = "RETAIN_POLICY")]
+    file: String,
+    /// Also list every obligation in force.
+    #[arg(long, env = "RETAIN_CHECK_LIST")]
+    list: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", env = "RETAIN_FORMAT")]
+    format: Format,
+}
+
+/// Arguments of `retain policy explain`.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The case: JSON with `message`, `facts` and `events` (`-` reads standard input).
+    #[arg(long, short, env = "RETAIN_CASE")]
+    input: String,
+    /// A policy file layered over the built-in pack (default: the built-in pack).
+    #[arg(long, env = "RETAIN_POLICY")]
+    policy: Option<PathBuf>,
+    /// `json` (the documented contract) or `text` (for people).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "json",
+        env = "RETAIN_EXPLAIN_FORMAT"
+    )]
+    format: ExplainFormat,
+}
+
+/// Output of `retain policy explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    /// JSON.
+    Json,
+    /// Words.
+    Text,
+}
+
+/// Arguments of `retain policy classify`.
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// Maildir folders, mbox files, .eml files or folders of them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// A policy file layered over the built-in pack (default: the built-in pack).
+    #[arg(long, env = "RETAIN_POLICY")]
+    policy: Option<PathBuf>,
+    /// Tenant recorded on the messages.
+    #[arg(long, default_value = "default", env = "RETAIN_TENANT")]
+    tenant: String,
+    /// The organisation's own mail domains (decide inbound/outbound/internal).
+    #[arg(
+        long = "internal-domain",
+        env = "RETAIN_INTERNAL_DOMAINS",
+        value_delimiter = ','
+    )]
+    internal_domains: Vec<String>,
+    /// List every skipped file, not only the counts by reason.
+    #[arg(long, env = "RETAIN_LIST_SKIPPED")]
+    list_skipped: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", env = "RETAIN_FORMAT")]
+    format: Format,
+}
+
+/// Runs a `retain policy` command.
+pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check(a) => check(a),
+        PolicyCommand::Explain(a) => explain(a),
+        PolicyCommand::Classify(a) => classify_cmd(a),
+    }
+}
+
+/// Loads the built-in pack, or a file layered over it.
+pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
+    Ok(match path {
+        None => Policy::builtin().context("the built-in policy pack does not compile (a bug)")?,
+        Some(p) => Policy::load(p)?,
+    })
+}
+
+#[derive(Serialize)]
+struct CheckReport<'a> {
+    ok: bool,
+    name: &'a str,
+    label: Option<&'a str>,
+    version: &'a str,
+    sources: &'a [String],
+    categories: Vec<&'a str>,
+    rules: usize,
+    obligations: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    obligation_list: Option<&'a [retain_policy::ObligationInfo]>,
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode> {
+    let policy = if a.file == "builtin" {
+        load_policy(None)?
+    } else {
+        load_policy(Some(Path::new(&a.file)))?
+    };
+    let report = CheckReport {
+        ok: true,
+        name: policy.name(),
+        label: policy.label(),
+        version: policy.version(),
+        sources: policy.sources(),
+        categories: policy
+            .categories()
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect(),
+        rules: policy.rule_count(),
+        obligations: policy.obligation_count(),
+        obligation_list: a.list.then(|| policy.obligations()),
+    };
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Csv => {
+            println!(
+                "id,citation,source_quality,categories,jurisdictions,record_holders,programs,defined_at"
+            );
+            for o in policy.obligations() {
+                let cells = [
+                    o.id.clone(),
+                    o.citation.clone(),
+                    o.source_quality.clone(),
+                    o.categories.join(" "),
+                    o.jurisdictions.join(" "),
+                    o.record_holders.join(" "),
+                    o.programs.join(" "),
+                    o.defined_at.clone(),
+                ];
+                println!(
+                    "{}",
+                    cells
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+        }
+        Format::Table => {
+            println!("ok: {} ({})", report.name, report.version);
+            println!("layers:      {}", report.sources.join(" < "));
+            println!("categories:  {}", report.categories.join(", "));
+            println!("rules:       {}", report.rules);
+            println!("obligations: {}", report.obligations);
+            if a.list {
+                let rows: Vec<Vec<String>> = policy
+                    .obligations()
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.id.clone(),
+                            o.jurisdictions.join(" "),
+                            o.record_holders.join(" "),
+                            o.categories.join(" "),
+                            o.source_quality.clone(),
+                        ]
+                    })
+                    .collect();
+                println!();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "obligation",
+                            "where",
+                            "holders",
+                            "categories",
+                            "source quality"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(a: ExplainArgs) -> Result<ExitCode> {
+    let (name, text) = if a.input == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the case from standard input")?;
+        ("<stdin>".to_owned(), s)
+    } else {
+        let text = std::fs::read_to_string(&a.input)
+            .map_err(|e| BadInput(format!("cannot read case file {}: {e}", a.input)))?;
+        (a.input.clone(), text)
+    };
+    let case = Case::from_json(&name, &text)?;
+    let policy = load_policy(a.policy.as_deref())?;
+    let x = policy.explain(&case);
+    match a.format {
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&x)?),
+        ExplainFormat::Text => print!("{}", x.to_text()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `retain policy classify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct ClassifySummary {
+    /// The paths read.
+    pub paths: Vec<String>,
+    /// Content hash of the policy used.
+    pub policy_version: String,
+    /// Messages classified.
+    pub messages: u64,
+    /// Messages by category.
+    pub by_category: BTreeMap<String, u64>,
+    /// Messages with any PHI indicator, by category.
+    pub with_phi: BTreeMap<String, u64>,
+    /// Messages by retention status (scheduled/indefinite/pending) under the policy's defaults.
+    pub by_status: BTreeMap<String, u64>,
+    /// Distinct custodians.
+    pub custodians: usize,
+    /// Files that are not e-mail, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// The skipped files (only with --list-skipped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<Problem>,
+    /// Files or messages that could not be read, each with its reason.
+    pub failed: Vec<Problem>,
+    /// Fields left empty because the header was implausible or missing.
+    pub warnings: BTreeMap<String, u64>,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// A file (and mbox position) with the reason it was skipped or failed. No content.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// Where.
+    pub at: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Classifies and schedules (with no facts) every message under `paths`.
+pub fn classify_paths(
+    policy: &Policy,
+    paths: &[PathBuf],
+    tenant: &str,
+    internal_domains: &[String],
+    list_skipped: bool,
+) -> Result<ClassifySummary> {
+    let started = Instant::now();
+    let mut s = ClassifySummary {
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        policy_version: policy.version().to_owned(),
+        ..Default::default()
+    };
+    let mut custodians = BTreeSet::new();
+    let facts = retain_model::Facts::default();
+    let pb = spinner("classifying");
+    for path in paths {
+        if !path.exists() {
+            return Err(BadInput(format!("{}: no such file or folder", path.display())).into());
+        }
+        let ctx = MessageContext::new(
+            tenant,
+            MailboxRule::FromXOrigin {
+                fallback: "unknown".to_owned(),
+            },
+            chrono::Utc::now(),
+        )
+        .with_internal_domains(internal_domains.iter().cloned());
+        let source = MailSource::new(path.clone(), ctx.clone());
+        for item in source {
+            match item {
+                Ok((_at, message)) => {
+                    let (c, d) = policy.decide(&message, &facts, &[]);
+                    s.messages += 1;
+                    pb.inc(1);
+                    *s.by_category.entry(c.category.to_string()).or_default() += 1;
+                    if c.phi.any() {
+                        *s.with_phi.entry(c.category.to_string()).or_default() += 1;
+                    }
+                    *s.by_status.entry(d.status.as_str().to_owned()).or_default() += 1;
+                    custodians.insert(message.custodian_or_mailbox().to_owned());
+                }
+                Err(e) if e.is_skip() => {
+                    let reason = e.to_string();
+                    let key = skip_reason(&e);
+                    *s.skipped.entry(key).or_default() += 1;
+                    if list_skipped {
+                        s.skipped_files.push(Problem {
+                            at: e.source_ref().map(|r| r.to_string()).unwrap_or_default(),
+                            reason,
+                        });
+                    }
+                }
+                Err(e) => s.failed.push(Problem {
+                    at: e.source_ref().map(|r| r.to_string()).unwrap_or_default(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        let w = ctx.warnings.snapshot();
+        for (k, v) in [
+            ("implausible_date", w.implausible_date),
+            ("unparseable_date", w.unparseable_date),
+            ("missing_date", w.missing_date),
+            ("missing_message_id", w.missing_message_id),
+            ("implausible_received", w.implausible_received),
+        ] {
+            if v > 0 {
+                *s.warnings.entry(k.to_owned()).or_default() += v;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    s.custodians = custodians.len();
+    s.seconds = started.elapsed().as_secs_f64();
+    Ok(s)
+}
+
+fn skip_reason(e: &retain_mail::Error) -> String {
+    match e {
+        retain_mail::Error::NotAMessage { reason, .. } => reason.as_str().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
+    let policy = load_policy(a.policy.as_deref())?;
+    let s = classify_paths(
+        &policy,
+        &a.paths,
+        &a.tenant,
+        &a.internal_domains,
+        a.list_skipped,
+    )?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Format::Csv => {
+            println!("category,messages,with_phi");
+            for (c, n) in &s.by_category {
+                println!(
+                    "{},{},{}",
+                    csv_field(c),
+                    n,
+                    s.with_phi.get(c).copied().unwrap_or(0)
+                );
+            }
+        }
+        Format::Table => print!("{}", render_summary(&s, &policy)),
+    }
+    Ok(if s.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The classify summary for people.
+pub fn render_summary(s: &ClassifySummary, policy: &Policy) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Classified {} messages from {} in {:.2} s (policy {}, {} rules, {} obligations)\n",
+        count(s.messages),
+        s.paths.join(", "),
+        s.seconds,
+        s.policy_version,
+        policy.rule_count(),
+        policy.obligation_count()
+    );
+    let mut rows: Vec<(&String, &u64)> = s.by_category.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(c, n)| {
+            let share = if s.messages > 0 {
+                100.0 * *n as f64 / s.messages as f64
+            } else {
+                0.0
+            };
+            let note = if c == "unclassified" {
+                "kept; flagged for review"
+            } else {
+                ""
+            };
+            vec![
+                c.clone(),
+                count(*n),
+                format!("{share:.1}%"),
+                count(s.with_phi.get(c).copied().unwrap_or(0)),
+                note.to_owned(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["category", "messages", "share", "with PHI", ""],
+        &rows,
+    ));
+    let status: Vec<String> = s
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{k} {}", count(*v)))
+        .collect();
+    let _ = writeln!(out, "\nretention (no facts given): {}", status.join(", "));
+    let _ = writeln!(out, "custodians: {}", count(s.custodians as u64));
+    if !s.warnings.is_empty() {
+        let w: Vec<String> = s.warnings.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "header warnings (field left empty): {}", w.join(", "));
+    }
+    if !s.skipped.is_empty() {
+        let total: u64 = s.skipped.values().sum();
+        let w: Vec<String> = s
+            .skipped
+            .iter()
+            .map(|(k, v)| format!("{k} {}", count(*v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "skipped {} files that are not e-mail: {}",
+            count(total),
+            w.join(", ")
+        );
+        for p in &s.skipped_files {
+            let _ = writeln!(out, "  skipped {}: {}", p.at, p.reason);
+        }
+    }
+    let _ = writeln!(out, "failed: {}", s.failed.len());
+    for p in &s.failed {
+        let _ = writeln!(out, "  {}: {}", p.at, p.reason);
+    }
+    out
+}
