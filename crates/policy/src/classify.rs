@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::MatchKind;
+use aho_corasick::automaton::Automaton as _;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use retain_model::{Category, Classification, Direction, MailMessage, PhiIndicators};
@@ -20,8 +21,9 @@ use crate::error::Result;
 
 /// Default MRN pattern: "MRN" followed by 6-10 digits. Group 1 is the number.
 pub(crate) const DEFAULT_MRN_PATTERN: &str = r"(?i)\bMRN\s*(?:#|:|no\.?|number)?\s*([0-9]{6,10})\b";
-/// Dotted ICD-10-CM codes (E11.9, S72.001A), or "ICD-10: I10".
-const ICD10_PATTERN: &str = r"\b[A-TV-Z][0-9][0-9AB]\.[0-9A-TV-Z]{1,4}\b|(?i:\bICD-?10(?:-CM)?\s*(?:code)?\s*[:#]?\s*)[A-TV-Z][0-9][0-9AB]\b";
+/// "ICD-10: I10": a code named as one (dotted codes are found by [`has_dotted_icd10`]).
+const ICD10_LABELLED_PATTERN: &str =
+    r"(?i:\bICD-?10(?:-CM)?\s*(?:code)?\s*[:#]?\s*)[A-TV-Z][0-9][0-9AB]\b";
 /// A date next to a date-of-birth marker.
 const DOB_PATTERN: &str = r"(?i)\b(?:DOB|D\.O\.B\.?|date of birth|birth ?date)\s*[:#-]?\s*(?:\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}|[A-Za-z]{3,9}\.? \d{1,2},? \d{4})";
 /// Default patient-care terms.
@@ -44,19 +46,34 @@ pub(crate) const DEFAULT_PATIENT_TERMS: &[&str] = &[
 
 type AtomId = u32;
 
+/// A keyword effect that is not a rule atom: the PHI indicator "patient-care terms".
+const PATIENT_TERM: AtomId = AtomId::MAX;
+
 /// A set of atoms.
 #[derive(Clone)]
-struct Bits(Vec<u64>);
+/// A set of atoms, remembering which were set (there are few per message).
+struct Bits {
+    words: Vec<u64>,
+    list: Vec<AtomId>,
+}
 
 impl Bits {
     fn new(n: usize) -> Self {
-        Bits(vec![0; n.div_ceil(64).max(1)])
+        Bits {
+            words: vec![0; n.div_ceil(64).max(1)],
+            list: Vec::new(),
+        }
     }
     fn set(&mut self, a: AtomId) {
-        self.0[(a / 64) as usize] |= 1 << (a % 64);
+        let w = &mut self.words[(a / 64) as usize];
+        let bit = 1 << (a % 64);
+        if *w & bit == 0 {
+            *w |= bit;
+            self.list.push(a);
+        }
     }
     fn get(&self, a: AtomId) -> bool {
-        self.0[(a / 64) as usize] & (1 << (a % 64)) != 0
+        self.words[(a / 64) as usize] & (1 << (a % 64)) != 0
     }
     fn set_all(&mut self, atoms: &[AtomId]) {
         for a in atoms {
@@ -66,17 +83,37 @@ impl Bits {
 }
 
 /// Keywords for one text field, matched whole-word and case-insensitively.
-#[derive(Default)]
 struct KeywordField {
     patterns: Vec<String>,
     atoms: Vec<Vec<AtomId>>,
     index: HashMap<String, usize>,
-    automaton: Option<AhoCorasick>,
+    automaton: Option<aho_corasick::dfa::DFA>,
+    start: aho_corasick::automaton::StateID,
+    /// Bytes that are not word characters but start some keyword (e.g. `#` or `.`).
+    odd_starts: Vec<bool>,
+}
+
+impl Default for KeywordField {
+    fn default() -> Self {
+        KeywordField {
+            patterns: Vec::new(),
+            atoms: Vec::new(),
+            index: HashMap::new(),
+            automaton: None,
+            start: aho_corasick::automaton::StateID::ZERO,
+            odd_starts: vec![false; 256],
+        }
+    }
 }
 
 impl KeywordField {
     fn add(&mut self, keyword: &str, atom: AtomId) {
-        let k = keyword.to_lowercase();
+        let k = keyword.to_ascii_lowercase();
+        if let Some(&first) = k.as_bytes().first()
+            && !is_word(first)
+        {
+            self.odd_starts[first as usize] = true;
+        }
         let i = *self.index.entry(k.clone()).or_insert_with(|| {
             self.patterns.push(k);
             self.atoms.push(Vec::new());
@@ -87,23 +124,62 @@ impl KeywordField {
 
     fn build(&mut self) -> std::result::Result<(), String> {
         if !self.patterns.is_empty() {
-            let ac = AhoCorasick::builder()
-                .ascii_case_insensitive(true)
+            let dfa = aho_corasick::dfa::DFA::builder()
                 .match_kind(MatchKind::Standard)
+                // Anchored only: it is started where a word starts, never slid over bytes.
+                .start_kind(aho_corasick::StartKind::Anchored)
                 .build(&self.patterns)
                 .map_err(|e| e.to_string())?;
+            let start = dfa
+                .start_state(aho_corasick::Anchored::Yes)
+                .map_err(|e| e.to_string())?;
+            self.start = start;
+            let ac = dfa;
             self.automaton = Some(ac);
         }
         Ok(())
     }
 
     /// Calls `hit` with the index of every keyword found as a whole word in `text`.
+    ///
+    /// A whole-word keyword can only start where a word starts, so the automaton is run
+    /// anchored from each word start (and from each byte a keyword may start with that is not
+    /// a word character) rather than over every byte: a few steps per word instead of one per
+    /// byte through the automaton.
     fn scan(&self, text: &str, mut hit: impl FnMut(usize)) {
         let Some(ac) = &self.automaton else { return };
-        let bytes = text.as_bytes();
-        for m in ac.find_overlapping_iter(text) {
-            if whole_word(bytes, m.start(), m.end()) {
-                hit(m.pattern().as_usize());
+        // Patterns are ASCII-lower-cased; folding the text once is cheaper than a
+        // case-insensitive automaton.
+        let lower = text.as_bytes().to_ascii_lowercase();
+        let bytes = lower.as_slice();
+        let mut prev_word = false;
+        for (start, &b) in bytes.iter().enumerate() {
+            let word = is_word(b);
+            let candidate = if word {
+                !prev_word
+            } else {
+                self.odd_starts[b as usize]
+            };
+            prev_word = word;
+            if !candidate {
+                continue;
+            }
+            // Walk the DFA from here until it dies; report every keyword ending on the way.
+            let mut sid = self.start;
+            for (end, &byte) in bytes.iter().enumerate().skip(start) {
+                sid = ac.next_state(aho_corasick::Anchored::Yes, sid, byte);
+                if ac.is_special(sid) {
+                    if ac.is_dead(sid) {
+                        break;
+                    }
+                    for k in 0..ac.match_len(sid) {
+                        let pid = ac.match_pattern(sid, k);
+                        let from = end + 1 - ac.pattern_len(pid);
+                        if whole_word(bytes, from, end + 1) {
+                            hit(pid.as_usize());
+                        }
+                    }
+                }
             }
         }
     }
@@ -253,46 +329,49 @@ struct Rule {
     confidence: f32,
     when: Vec<AtomId>,
     unless: Vec<AtomId>,
+    /// The `when` atoms that are not regexes (decided before any regex runs).
+    cheap_when: Vec<AtomId>,
+    /// Which text fields' regexes this rule needs ([`SUBJECT`], [`EXCERPT`]).
+    regex_fields: u8,
 }
 
-/// The PHI detector: MRN patterns (with capture group), ICD-10, dates of birth, patient terms.
+/// Regex atoms on the subject.
+const SUBJECT: u8 = 1;
+/// Regex atoms on the excerpt.
+const EXCERPT: u8 = 2;
+
+/// The PHI detector: MRN patterns (with capture group), ICD-10 codes and dates of birth.
+/// Patient-care terms are found by the keyword automata (the [`PATIENT_TERM`] effect).
+/// Each pattern is its own `Regex` so each gets its own literal prefilter: most text is
+/// skipped at memchr speed, where a `RegexSet` would walk every byte through one DFA.
 struct Phi {
-    /// One pass over a text: [mrn patterns..., icd10?, dob?].
-    set: Option<RegexSet>,
     mrn: Vec<Regex>,
-    icd10_index: Option<usize>,
-    dob_index: Option<usize>,
-    terms: KeywordField,
+    /// Codes labelled "ICD-10"; `Some` when ICD-10 detection is on.
+    icd10: Option<Regex>,
+    dob: Option<Regex>,
 }
 
 impl Phi {
     fn scan(&self, text: &str, phi: &mut PhiIndicators, refs: &mut Vec<String>) {
-        if let Some(set) = &self.set {
-            let m = set.matches(text);
-            for (i, re) in self.mrn.iter().enumerate() {
-                if m.matched(i) {
-                    phi.mrn = true;
-                    for c in re.captures_iter(text) {
-                        if let Some(g) = c.get(1) {
-                            let s = g.as_str();
-                            if !refs.iter().any(|r| r == s) {
-                                refs.push(s.to_owned());
-                            }
-                        }
+        for re in &self.mrn {
+            for c in re.captures_iter(text) {
+                phi.mrn = true;
+                if let Some(g) = c.get(1) {
+                    let s = g.as_str();
+                    if !refs.iter().any(|r| r == s) {
+                        refs.push(s.to_owned());
                     }
                 }
             }
-            if self.icd10_index.is_some_and(|i| m.matched(i)) {
-                phi.icd10 = true;
-            }
-            if self.dob_index.is_some_and(|i| m.matched(i)) {
-                phi.dob = true;
-            }
         }
-        if !phi.patient_terms {
-            let mut found = false;
-            self.terms.scan(text, |_| found = true);
-            phi.patient_terms |= found;
+        if !phi.icd10
+            && let Some(labelled) = &self.icd10
+            && (has_dotted_icd10(text.as_bytes()) || labelled.is_match(text))
+        {
+            phi.icd10 = true;
+        }
+        if !phi.dob && self.dob.as_ref().is_some_and(|re| re.is_match(text)) {
+            phi.dob = true;
         }
     }
 }
@@ -318,6 +397,15 @@ pub(crate) struct Classifier {
     direction: Vec<(Direction, AtomId)>,
     phi_atoms: Vec<(&'static str, AtomId)>,
     has_attachment: Vec<(bool, AtomId)>,
+    /// Regex atoms and the fields they scan: run only when a rule could still match.
+    regex_atoms: HashMap<AtomId, u8>,
+    /// Rules by one of their `when` atoms (a cheap one where there is one): a rule can only
+    /// match when that atom is set, so only these rules are looked at.
+    keyed: Vec<Vec<u32>>,
+    /// Rules with no `when` condition (match everything not excluded by `unless`).
+    unkeyed: Vec<u32>,
+    /// Regex fields needed whatever the message (rules whose `when` is regexes only).
+    always_need: u8,
     phi: Phi,
 }
 
@@ -345,6 +433,10 @@ impl Classifier {
             direction: Vec::new(),
             phi_atoms: Vec::new(),
             has_attachment: Vec::new(),
+            regex_atoms: HashMap::new(),
+            keyed: Vec::new(),
+            unkeyed: Vec::new(),
+            always_need: 0,
             phi: compile_phi(doc)?,
         };
 
@@ -380,13 +472,39 @@ impl Classifier {
             let unless = c
                 .add_conditions(&rule.unless)
                 .map_err(|(f, m)| r.loc.invalid(item.clone(), format!("unless.{f}"), m))?;
+            let regex_fields = when
+                .iter()
+                .chain(&unless)
+                .filter_map(|a| c.regex_atoms.get(a))
+                .fold(0, |acc, f| acc | f);
+            let cheap_when = when
+                .iter()
+                .copied()
+                .filter(|a| !c.regex_atoms.contains_key(a))
+                .collect();
             c.rules.push(Rule {
                 id: Arc::from(rule.id.as_str()),
                 category,
                 confidence: rule.confidence,
                 when,
                 unless,
+                cheap_when,
+                regex_fields,
             });
+        }
+        for t in patient_terms(doc) {
+            c.subject_kw.add(&t, PATIENT_TERM);
+            c.excerpt_kw.add(&t, PATIENT_TERM);
+        }
+        c.keyed = vec![Vec::new(); c.atom_count];
+        for (i, rule) in c.rules.iter().enumerate() {
+            match rule.cheap_when.first().or(rule.when.first()) {
+                Some(&key) => c.keyed[key as usize].push(i as u32),
+                None => c.unkeyed.push(i as u32),
+            }
+            if rule.cheap_when.is_empty() {
+                c.always_need |= rule.regex_fields;
+            }
         }
 
         let build_err = |field: &str, m: String| crate::Error::Invalid {
@@ -430,9 +548,9 @@ impl Classifier {
         name: &str,
         values: &[String],
         mut add: impl FnMut(&mut Self, AtomId, &str) -> std::result::Result<(), String>,
-    ) -> std::result::Result<(), (String, String)> {
+    ) -> std::result::Result<Option<AtomId>, (String, String)> {
         if values.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let atom = self.new_atom();
         atoms.push(atom);
@@ -442,7 +560,7 @@ impl Classifier {
             }
             add(self, atom, v).map_err(|m| (format!("{name}[{i}]"), m))?;
         }
-        Ok(())
+        Ok(Some(atom))
     }
 
     /// Turns each non-empty field into one atom; errors are (field, message).
@@ -475,16 +593,22 @@ impl Classifier {
             c.excerpt_kw.add(v, atom);
             Ok(())
         })?;
-        self.field(a, "subject-regex", &cond.subject_regex, |c, atom, v| {
+        if let Some(atom) = self.field(a, "subject-regex", &cond.subject_regex, |c, atom, v| {
             c.subject_re.add(v, atom)
-        })?;
-        self.field(a, "excerpt-regex", &cond.excerpt_regex, |c, atom, v| {
+        })? {
+            self.regex_atoms.insert(atom, SUBJECT);
+        }
+        if let Some(atom) = self.field(a, "excerpt-regex", &cond.excerpt_regex, |c, atom, v| {
             c.excerpt_re.add(v, atom)
-        })?;
-        self.field(a, "text-regex", &cond.text_regex, |c, atom, v| {
+        })? {
+            self.regex_atoms.insert(atom, EXCERPT);
+        }
+        if let Some(atom) = self.field(a, "text-regex", &cond.text_regex, |c, atom, v| {
             c.subject_re.add(v, atom)?;
             c.excerpt_re.add(v, atom)
-        })?;
+        })? {
+            self.regex_atoms.insert(atom, SUBJECT | EXCERPT);
+        }
         self.field(a, "from", &cond.from, |c, atom, v| {
             check_address(v)?;
             c.from.add(v, atom);
@@ -574,20 +698,20 @@ impl Classifier {
 
         let subject = m.subject.as_deref().unwrap_or("");
         let excerpt = m.excerpt.as_deref().unwrap_or("");
-        for text in [subject, excerpt] {
-            if !text.is_empty() {
-                self.phi.scan(text, &mut phi, &mut refs);
+        for (text, keywords) in [(subject, &self.subject_kw), (excerpt, &self.excerpt_kw)] {
+            if text.is_empty() {
+                continue;
             }
-        }
-        if !subject.is_empty() {
-            self.subject_kw
-                .scan(subject, |i| bits.set_all(&self.subject_kw.atoms[i]));
-            self.subject_re.scan(subject, &mut bits);
-        }
-        if !excerpt.is_empty() {
-            self.excerpt_kw
-                .scan(excerpt, |i| bits.set_all(&self.excerpt_kw.atoms[i]));
-            self.excerpt_re.scan(excerpt, &mut bits);
+            self.phi.scan(text, &mut phi, &mut refs);
+            keywords.scan(text, |i| {
+                for &a in &keywords.atoms[i] {
+                    if a == PATIENT_TERM {
+                        phi.patient_terms = true;
+                    } else {
+                        bits.set(a);
+                    }
+                }
+            });
         }
 
         if let Some(from) = &m.from {
@@ -647,9 +771,35 @@ impl Classifier {
             }
         }
 
+        // Regexes are the costly part: run a field's set only if some rule needing it has
+        // all its other conditions met.
+        let mut need = self.always_need;
+        for &a in &bits.list {
+            for &r in &self.keyed[a as usize] {
+                let rule = &self.rules[r as usize];
+                if rule.regex_fields & !need != 0 && rule.cheap_when.iter().all(|a| bits.get(*a)) {
+                    need |= rule.regex_fields;
+                }
+            }
+        }
+        if need & SUBJECT != 0 && !subject.is_empty() {
+            self.subject_re.scan(subject, &mut bits);
+        }
+        if need & EXCERPT != 0 && !excerpt.is_empty() {
+            self.excerpt_re.scan(excerpt, &mut bits);
+        }
+
+        // The rules that could match, in precedence order.
+        let mut candidates: Vec<u32> = self.unkeyed.clone();
+        for &a in &bits.list {
+            candidates.extend_from_slice(&self.keyed[a as usize]);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+
         let mut winner: Option<&Rule> = None;
         let mut also = Vec::new();
-        for rule in &self.rules {
+        for rule in candidates.iter().map(|&r| &self.rules[r as usize]) {
             let matched =
                 rule.when.iter().all(|a| bits.get(*a)) && !rule.unless.iter().any(|a| bits.get(*a));
             if !matched {
@@ -694,11 +844,16 @@ impl Classifier {
     pub fn detect_phi(&self, m: &MailMessage) -> (PhiIndicators, Vec<String>) {
         let mut phi = PhiIndicators::default();
         let mut refs = Vec::new();
-        for text in [m.subject.as_deref(), m.excerpt.as_deref()]
-            .into_iter()
-            .flatten()
-        {
+        let fields = [
+            (m.subject.as_deref(), &self.subject_kw),
+            (m.excerpt.as_deref(), &self.excerpt_kw),
+        ];
+        for (text, keywords) in fields {
+            let Some(text) = text else { continue };
             self.phi.scan(text, &mut phi, &mut refs);
+            keywords.scan(text, |i| {
+                phi.patient_terms |= keywords.atoms[i].contains(&PATIENT_TERM)
+            });
         }
         (phi, refs)
     }
@@ -761,37 +916,59 @@ fn compile_phi(doc: &MergedDoc) -> Result<Phi> {
         }
         mrn.push(re);
     }
-    let mut patterns = mrn_src.clone();
-    let icd10_index = doc.phi.icd10.unwrap_or(true).then(|| {
-        patterns.push(ICD10_PATTERN.to_owned());
-        patterns.len() - 1
-    });
-    let dob_index = doc.phi.dob.unwrap_or(true).then(|| {
-        patterns.push(DOB_PATTERN.to_owned());
-        patterns.len() - 1
-    });
-    let set = if patterns.is_empty() {
-        None
-    } else {
-        Some(RegexSet::new(&patterns).map_err(|e| invalid("mrn-patterns", e.to_string()))?)
+    let compile = |field: &str, pattern: &str| {
+        Regex::new(pattern).map_err(|e| invalid(field, format!("invalid regex: {e}")))
     };
-    let mut terms = KeywordField::default();
-    let term_src: Vec<String> = doc.phi.patient_terms.clone().unwrap_or_else(|| {
+    let icd10 = match doc.phi.icd10.unwrap_or(true) {
+        true => Some(compile("icd10", ICD10_LABELLED_PATTERN)?),
+        false => None,
+    };
+    let dob = match doc.phi.dob.unwrap_or(true) {
+        true => Some(compile("dob", DOB_PATTERN)?),
+        false => None,
+    };
+    Ok(Phi { mrn, icd10, dob })
+}
+
+/// Whether `text` holds a dotted ICD-10-CM code as a word: a letter other than U, a digit, a
+/// digit or A/B, a dot, then 1-4 digits or letters other than U (E11.9, S72.001A, F32.A).
+/// Hand-written because no literal prefix lets a regex skip ahead: this jumps from dot to dot.
+fn has_dotted_icd10(text: &[u8]) -> bool {
+    let code_char = |b: u8| b.is_ascii_digit() || (b.is_ascii_uppercase() && b != b'U');
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'.', &text[from..]) {
+        let dot = from + i;
+        from = dot + 1;
+        if dot < 3 {
+            continue;
+        }
+        let (a, b, c) = (text[dot - 3], text[dot - 2], text[dot - 1]);
+        let head = a.is_ascii_uppercase()
+            && a != b'U'
+            && b.is_ascii_digit()
+            && (c.is_ascii_digit() || c == b'A' || c == b'B');
+        if !head || (dot > 3 && is_word(text[dot - 4])) {
+            continue;
+        }
+        let tail = text[dot + 1..]
+            .iter()
+            .take_while(|b| code_char(**b))
+            .count();
+        let end = dot + 1 + tail;
+        if (1..=4).contains(&tail) && (end == text.len() || !is_word(text[end])) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The patient-care terms of a policy (its own list, or the default).
+fn patient_terms(doc: &MergedDoc) -> Vec<String> {
+    doc.phi.patient_terms.clone().unwrap_or_else(|| {
         DEFAULT_PATIENT_TERMS
             .iter()
             .map(|s| s.to_string())
             .collect()
-    });
-    for t in &term_src {
-        terms.add(t, 0);
-    }
-    terms.build().map_err(|m| invalid("patient-terms", m))?;
-    Ok(Phi {
-        set,
-        mrn,
-        icd10_index,
-        dob_index,
-        terms,
     })
 }
 
@@ -805,6 +982,32 @@ mod tests {
         assert!(!whole_word(t, 4, 7)); // "BAA" inside "BAAL"
         assert!(whole_word(t, 13, 16));
         assert!(whole_word(t, 19, 22));
+    }
+
+    #[test]
+    fn dotted_icd10_codes() {
+        for yes in [
+            "dx E11.9 today",
+            "E11.9",
+            "(S72.001A)",
+            "F32.A, then",
+            "code Z79.4.",
+        ] {
+            assert!(has_dotted_icd10(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "U07.1",
+            "version E11",
+            "XE11.9",
+            "E11.",
+            "E11.12345",
+            "e11.9",
+            "E1.9",
+            "A10.9x",
+            "3.14",
+        ] {
+            assert!(!has_dotted_icd10(no.as_bytes()), "{no}");
+        }
     }
 
     #[test]
