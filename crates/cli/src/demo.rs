@@ -119,30 +119,31 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         cases,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "Retain policy demo: {} ({})",
-        summary.policy, summary.policy_version
+        summary.policy,
+        summary.policy_version
     );
-    println!(
+    outln!(
         "{} rules, {} obligations\n",
         policy.rule_count(),
         policy.obligation_count()
     );
     if let Some(c) = &summary.corpus {
-        print!("{}", render_summary(c, &policy));
-        println!();
+        out!("{}", render_summary(c, &policy));
+        outln!();
     }
-    println!("Retention of the example cases (docs/examples/cases/):");
+    outln!("Retention of the example cases (docs/examples/cases/):");
     for c in &summary.cases {
         let until = match (&c.retain_until, c.status.as_str()) {
             (Some(d), _) => d.clone(),
             (None, "pending") => format!("pending: needs {}", c.waiting_for.join(", ")),
             (None, s) => s.to_owned(),
         };
-        println!(
+        outln!(
             "  {:<32} {:<20} {:<24} {}",
             c.case,
             c.category,
@@ -150,14 +151,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             c.governing.as_deref().unwrap_or("")
         );
         if let Some(cit) = &c.citation {
-            println!("  {:<32} {}", "", cit);
+            outln!("  {:<32} {}", "", cit);
         }
     }
-    println!("\nNext:");
-    println!(
+    outln!("\nNext:");
+    outln!(
         "  retain policy explain --input docs/examples/cases/co-minor-clinical.json --format text"
     );
-    println!("  retain policy check docs/examples/policy.toml --list");
-    println!("  retain policy classify PATH...   (maildir, mbox or .eml)");
+    outln!("  retain policy check docs/examples/policy.toml --list");
+    outln!("  retain policy classify PATH...   (maildir, mbox or .eml)");
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,18 @@
 //! Exit codes: 0 success; 1 failure (an outside system or a bug); 2 bad input (a policy file,
 //! case or argument that must be fixed).
 
+/// `print!` to standard output that ends the process quietly when the reader has gone away
+/// (`retain ... | head`), instead of panicking on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::emit(&format!($($arg)*)) };
+}
+
+/// `println!` counterpart of [`out!`].
+macro_rules! outln {
+    () => { $crate::output::emit("\n") };
+    ($($arg:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($arg)*))) };
+}
+
 mod demo;
 mod output;
 mod policy_cmd;
@@ -13,7 +25,11 @@ use clap::{Parser, Subcommand};
 
 /// Retain: e-mail retention for healthcare, from Kafka to Delta Lake.
 #[derive(Parser, Debug)]
-#[command(name = "retain", version, about, long_about = None)]
+#[command(
+    name = "retain",
+    version,
+    about = "Retain: e-mail retention for healthcare: classify, schedule, hold and dispose, with every date explained"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,8 +76,7 @@ fn main() -> ExitCode {
 /// Bad input (policy, case, arguments) exits 2; everything else 1.
 fn is_bad_input(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
-        c.downcast_ref::<retain_policy::Error>()
-            .is_some_and(|e| !matches!(e, retain_policy::Error::Read { .. }))
+        c.downcast_ref::<retain_policy::Error>().is_some()
             || c.downcast_ref::<output::BadInput>().is_some()
     })
 }

@@ -4,6 +4,20 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Writes to standard output; a closed pipe ends the process with success (the reader has
+/// what it wanted), any other write error with exit code 1.
+pub fn emit(s: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// An argument or input file that must be fixed (exit code 2).
 #[derive(Debug)]
 pub struct BadInput(pub String);

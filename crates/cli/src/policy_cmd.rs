@@ -147,9 +147,9 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         obligation_list: a.list.then(|| policy.obligations()),
     };
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Csv => {
-            println!(
+            outln!(
                 "id,citation,source_quality,categories,jurisdictions,record_holders,programs,defined_at"
             );
             for o in policy.obligations() {
@@ -163,7 +163,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                     o.programs.join(" "),
                     o.defined_at.clone(),
                 ];
-                println!(
+                outln!(
                     "{}",
                     cells
                         .iter()
@@ -174,11 +174,11 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             }
         }
         Format::Table => {
-            println!("ok: {} ({})", report.name, report.version);
-            println!("layers:      {}", report.sources.join(" < "));
-            println!("categories:  {}", report.categories.join(", "));
-            println!("rules:       {}", report.rules);
-            println!("obligations: {}", report.obligations);
+            outln!("ok: {} ({})", report.name, report.version);
+            outln!("layers:      {}", report.sources.join(" < "));
+            outln!("categories:  {}", report.categories.join(", "));
+            outln!("rules:       {}", report.rules);
+            outln!("obligations: {}", report.obligations);
             if a.list {
                 let rows: Vec<Vec<String>> = policy
                     .obligations()
@@ -193,8 +193,8 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                         ]
                     })
                     .collect();
-                println!();
-                print!(
+                outln!();
+                out!(
                     "{}",
                     table(
                         &[
@@ -229,8 +229,8 @@ fn explain(a: ExplainArgs) -> Result<ExitCode> {
     let policy = load_policy(a.policy.as_deref())?;
     let x = policy.explain(&case);
     match a.format {
-        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&x)?),
-        ExplainFormat::Text => print!("{}", x.to_text()),
+        ExplainFormat::Json => outln!("{}", serde_json::to_string_pretty(&x)?),
+        ExplainFormat::Text => out!("{}", x.to_text()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -370,11 +370,11 @@ fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
         a.list_skipped,
     )?;
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&s)?),
         Format::Csv => {
-            println!("category,messages,with_phi");
+            outln!("category,messages,with_phi");
             for (c, n) in &s.by_category {
-                println!(
+                outln!(
                     "{},{},{}",
                     csv_field(c),
                     n,
@@ -382,7 +382,7 @@ fn classify_cmd(a: ClassifyArgs) -> Result<ExitCode> {
                 );
             }
         }
-        Format::Table => print!("{}", render_summary(&s, &policy)),
+        Format::Table => out!("{}", render_summary(&s, &policy)),
     }
     Ok(if s.failed.is_empty() {
         ExitCode::SUCCESS

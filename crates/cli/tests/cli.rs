@@ -45,7 +45,11 @@ fn check_builtin_and_the_documented_example() {
     assert!(v["obligations"].as_u64().unwrap() > 60);
 
     let o = retain(&["policy", "check", "docs/examples/policy.toml"]);
-    assert!(o.status.success(), "the documented example must pass: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "the documented example must pass: {}",
+        stderr(&o)
+    );
     assert!(stdout(&o).starts_with("ok: "), "{}", stdout(&o));
 }
 
@@ -65,13 +69,29 @@ fn bad_policy_exits_2_naming_file_line_and_field() {
     assert!(err.contains("when.subject-regex[0]"), "{err}");
 
     let o = retain(&["policy", "check", "/nonexistent/policy.toml"]);
-    assert_eq!(o.status.code(), Some(1), "an unreadable file is not bad content: {}", stderr(&o));
-    assert!(stderr(&o).contains("/nonexistent/policy.toml"));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a policy path that does not exist is bad input: {}",
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(err.contains("/nonexistent/policy.toml"), "{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
 }
 
 #[test]
 fn explain_prints_the_documented_json() {
-    let o = retain(&["policy", "explain", "--input", "docs/examples/cases/co-minor-clinical.json"]);
+    let o = retain(&[
+        "policy",
+        "explain",
+        "--input",
+        "docs/examples/cases/co-minor-clinical.json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["category"], "clinical");
@@ -83,7 +103,14 @@ fn explain_prints_the_documented_json() {
         }
     }
 
-    let o = retain(&["policy", "explain", "--input", "docs/examples/cases/hipaa-policy-superseded.json", "--format", "text"]);
+    let o = retain(&[
+        "policy",
+        "explain",
+        "--input",
+        "docs/examples/cases/hipaa-policy-superseded.json",
+        "--format",
+        "text",
+    ]);
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("retain until: 2027-06-30"), "{text}");
@@ -126,15 +153,34 @@ fn explain_reads_stdin_and_refuses_bad_cases() {
 #[test]
 fn classify_counts_every_file_of_the_enron_sample() {
     let Some(corpus) = corpus() else { return };
-    let o = retain(&["policy", "classify", corpus.to_str().unwrap(), "--format", "json"]);
+    let o = retain(&[
+        "policy",
+        "classify",
+        corpus.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["messages"], 1702);
     assert_eq!(v["failed"].as_array().unwrap().len(), 0);
-    let by_cat: u64 = v["by_category"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    let by_cat: u64 = v["by_category"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
     assert_eq!(by_cat, 1702);
-    let skipped: u64 = v["skipped"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
-    assert_eq!(skipped, 1703, "1,702 .cats label files and categories.txt are reported, not hidden");
+    let skipped: u64 = v["skipped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        skipped, 1703,
+        "1,702 .cats label files and categories.txt are reported, not hidden"
+    );
     assert_eq!(v["custodians"], 60);
     assert_eq!(v["warnings"]["implausible_date"], 13);
 }
@@ -156,11 +202,22 @@ fn classify_a_maildir_without_printing_phi() {
     .unwrap();
     std::fs::write(md.join("new/2.eml"), "Message-ID: <a2@mercy.example>\r\nSubject: Out of office\r\nDate: Tue, 05 May 2020 11:00:00 +0000\r\n\r\nAway.\r\n").unwrap();
     for format in ["table", "json", "csv"] {
-        let o = retain(&["policy", "classify", md.to_str().unwrap(), "--format", format]);
+        let o = retain(&[
+            "policy",
+            "classify",
+            md.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let all = format!("{}{}", stdout(&o), stderr(&o));
         assert!(all.contains("clinical"), "{all}");
-        for phi in [secret_subject, "00123456", "nurse1@mercy.example", "Jane Roe"] {
+        for phi in [
+            secret_subject,
+            "00123456",
+            "nurse1@mercy.example",
+            "Jane Roe",
+        ] {
             assert!(!all.contains(phi), "printed PHI {phi:?}: {all}");
         }
     }
@@ -175,12 +232,16 @@ fn demo_summarises_as_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 5);
-    let until = |name: &str| cases.iter().find(|c| c["case"] == name).unwrap()["retain_until"].clone();
+    let until =
+        |name: &str| cases.iter().find(|c| c["case"] == name).unwrap()["retain_until"].clone();
     assert_eq!(until("co-minor-clinical.json"), "2038-03-01");
     assert_eq!(until("hipaa-policy-superseded.json"), "2027-06-30");
     assert_eq!(until("az-minor-whichever-first.json"), "2026-01-01");
     assert_eq!(until("baa-contract-terminated.json"), "2030-12-31");
-    assert_eq!(until("clinical-no-jurisdiction.json"), serde_json::Value::Null);
+    assert_eq!(
+        until("clinical-no-jurisdiction.json"),
+        serde_json::Value::Null
+    );
     if corpus().is_some() {
         assert_eq!(v["corpus"]["messages"], 1702);
     }

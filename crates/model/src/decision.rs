@@ -136,7 +136,8 @@ pub struct Classification {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Until {
-    /// Keep through this date; may be disposed of on or after it.
+    /// Kept until this date: the retention period ends on it, and the record may be disposed
+    /// of on or after it (disposal selects `retain_until <= as-of`).
     Date(NaiveDate),
     /// Keep forever (or until a person decides otherwise).
     Indefinite,
@@ -195,8 +196,8 @@ impl RetentionStatus {
 /// Until when a record must be kept, and the obligations behind that date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionDecision {
-    /// Keep through this date (may be disposed of on or after it); `None` while indefinite or
-    /// pending. Always ≥ every obligation's date.
+    /// The date the longest obligation ends: the record may be disposed of on or after it.
+    /// `None` while indefinite or pending. Always ≥ every obligation's date.
     pub retain_until: Option<NaiveDate>,
     /// Scheduled, indefinite or pending.
     pub status: RetentionStatus,

@@ -29,19 +29,23 @@ const DOB_PATTERN: &str = r"(?i)\b(?:DOB|D\.O\.B\.?|date of birth|birth ?date)\s
 /// Default patient-care terms.
 pub(crate) const DEFAULT_PATIENT_TERMS: &[&str] = &[
     "patient",
-    "pt",
+    "patients",
     "diagnosis",
     "dx",
     "discharge summary",
     "lab results",
+    "lab result",
     "prescription",
     "medication",
+    "medications",
     "referral",
     "treatment plan",
-    "chart",
     "progress note",
     "admitted",
-    "clinical",
+    "admission",
+    "consult note",
+    "radiology report",
+    "pathology report",
 ];
 
 type AtomId = u32;

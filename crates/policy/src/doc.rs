@@ -259,8 +259,7 @@ impl MergedDoc {
             default_record_holder,
             age_of_majority
         );
-        header.disable_rules.extend(h.disable_rules);
-        header.disable_obligations.extend(h.disable_obligations);
+        let (disable_rules, disable_obligations) = (h.disable_rules, h.disable_obligations);
 
         let p = doc.phi;
         if p.mrn_patterns.is_some() {
@@ -277,6 +276,14 @@ impl MergedDoc {
         }
 
         for (code, j) in doc.jurisdiction {
+            if !(code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic())) {
+                let at = text.find(&format!("jurisdiction.{code}")).unwrap_or(0);
+                return Err(loc(at).invalid(
+                    format!("[jurisdiction.{code}]"),
+                    "jurisdiction",
+                    format!("\"{code}\" is not a two-letter state code (e.g. CO)"),
+                ));
+            }
             let e = self
                 .jurisdictions
                 .entry(code.to_ascii_uppercase())
@@ -295,6 +302,36 @@ impl MergedDoc {
         replace_by_key(&mut self.rules, rules, |r| &r.id);
         let obligations = located(doc.obligation, &loc, "obligation", |o| &o.id)?;
         replace_by_key(&mut self.obligations, obligations, |o| &o.id);
+
+        // A typo in a disable list would silently disable nothing: refuse unknown ids.
+        for (field, ids, known) in [
+            (
+                "disable-rules",
+                &disable_rules,
+                self.rules.iter().map(|r| &r.item.id).collect::<Vec<_>>(),
+            ),
+            (
+                "disable-obligations",
+                &disable_obligations,
+                self.obligations
+                    .iter()
+                    .map(|o| &o.item.id)
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            for id in ids {
+                if !known.contains(&id) {
+                    let at = text.find(&format!("\"{id}\"")).unwrap_or(0);
+                    return Err(loc(at).invalid(
+                        "[policy]".to_owned(),
+                        field,
+                        format!("no rule or obligation has the id \"{id}\" (ids are listed by `retain policy check --list`)"),
+                    ));
+                }
+            }
+        }
+        self.header.disable_rules.extend(disable_rules);
+        self.header.disable_obligations.extend(disable_obligations);
         self.sources.push(file.to_string());
         Ok(())
     }

@@ -34,7 +34,7 @@ pub enum Error {
         message: String,
     },
     /// A policy file could not be read.
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Read {
         /// The path.
         path: String,

@@ -96,8 +96,14 @@ pub struct Explanation {
 }
 
 impl Explanation {
-    /// Builds the explanation of a classification and decision.
-    pub fn new(c: &Classification, d: &RetentionDecision, facts: &Facts) -> Self {
+    /// Builds the explanation of a classification and decision made under `jurisdiction` and
+    /// `record_holder` (the facts' or the policy's defaults).
+    pub fn new(
+        c: &Classification,
+        d: &RetentionDecision,
+        jurisdiction: Option<String>,
+        record_holder: Option<String>,
+    ) -> Self {
         Explanation {
             category: c.category.to_string(),
             rule: c.rule.as_deref().map(str::to_owned),
@@ -130,8 +136,8 @@ impl Explanation {
                     }
                 })
                 .collect(),
-            jurisdiction: facts.jurisdiction.clone(),
-            record_holder: facts.record_holder.clone(),
+            jurisdiction,
+            record_holder,
             policy_version: d.policy_version.to_string(),
         }
     }
@@ -192,6 +198,7 @@ impl Policy {
     /// Classifies and schedules a case and explains the result.
     pub fn explain(&self, case: &Case) -> Explanation {
         let (c, d) = self.decide(&case.message, &case.facts, &case.events);
-        Explanation::new(&c, &d, &case.facts)
+        let (jurisdiction, holder) = self.effective(&case.facts);
+        Explanation::new(&c, &d, jurisdiction, holder)
     }
 }

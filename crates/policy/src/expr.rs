@@ -331,7 +331,14 @@ fn fail<T>(field: &str, msg: String) -> Result<T, (String, String)> {
 }
 
 fn parse_anchor(v: &toml::Value, path: &str) -> Result<Anchor, (String, String)> {
-    let names = || Anchor::ALL.map(|a| a.as_str()).join(", ");
+    let names = || {
+        let usable: Vec<&str> = Anchor::ALL
+            .iter()
+            .filter(|a| **a != Anchor::Birth)
+            .map(|a| a.as_str())
+            .collect();
+        usable.join(", ")
+    };
     match v {
         toml::Value::String(s) => Anchor::parse(s).ok_or_else(|| {
             (

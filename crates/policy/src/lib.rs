@@ -140,6 +140,11 @@ impl Policy {
                 });
             }
         }
+        if !parsed.is_empty() {
+            // The pack's name and label describe the pack, not an organisation's policy.
+            merged.header.name = None;
+            merged.header.label = None;
+        }
         for (d, f, text) in parsed {
             merged.layer(f, text, d)?;
         }
@@ -198,7 +203,7 @@ impl Policy {
                 .header
                 .name
                 .clone()
-                .unwrap_or_else(|| "Retain built-in pack".to_owned()),
+                .unwrap_or_else(|| "unnamed policy".to_owned()),
             label: merged.header.label.clone(),
             sources: merged.sources.clone(),
             categories: listed,
@@ -264,6 +269,12 @@ impl Policy {
     ) -> RetentionDecision {
         self.scheduler
             .schedule(record, facts, events, &self.version)
+    }
+
+    /// The jurisdiction and record holder a record with these facts is scheduled under
+    /// (normalised; the policy's defaults where the facts say nothing).
+    pub fn effective(&self, facts: &Facts) -> (Option<String>, Option<String>) {
+        self.scheduler.effective(facts)
     }
 
     /// Classifies (or takes the category forced by `facts.category`) and schedules.

@@ -267,9 +267,7 @@ impl Scheduler {
             return combine(outcomes, policy_version);
         };
 
-        let jurisdiction =
-            upper(facts.jurisdiction.as_deref()).or(self.default_jurisdiction.clone());
-        let holder = lower(facts.record_holder.as_deref()).or(self.default_holder.clone());
+        let (jurisdiction, holder) = self.effective(facts);
         let mut anchors = anchors(record.created, facts, events);
         anchors.majority = jurisdiction
             .as_ref()
@@ -349,6 +347,15 @@ impl Scheduler {
             outcomes.push(self.synthetic.no_obligation.clone());
         }
         combine(outcomes, policy_version)
+    }
+
+    /// The jurisdiction (upper case) and record holder (lower case) a record is scheduled
+    /// under: its facts, else the policy's defaults.
+    pub fn effective(&self, facts: &Facts) -> (Option<String>, Option<String>) {
+        (
+            upper(facts.jurisdiction.as_deref()).or_else(|| self.default_jurisdiction.clone()),
+            lower(facts.record_holder.as_deref()).or_else(|| self.default_holder.clone()),
+        )
     }
 
     /// How many obligations are in force.

@@ -192,23 +192,30 @@ fn arizona_whichever_occurs_first_for_minors_only() {
     let p = builtin();
     let mut f = facts("AZ", "homeopathic_physician");
     f.last_encounter_date = Some(d("2020-01-01"));
+    let first = "state.az.homeopathic-physician"; // A.R.S. 32-2936
+    let longer = "state.az.health-care-provider"; // A.R.S. 12-2297 covers these licensees too
     // Minor at the last service (age 15): first of (3 years after 18th birthday = age 21) and
     // (7 years after last service).
     f.patient_birth_date = Some(d("2005-01-01"));
     let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
-    assert_eq!(dec.retain_until, Some(d("2026-01-01")));
+    assert_eq!(until_of(&dec, first), &Until::Date(d("2026-01-01")));
     // Younger minor: 7 years after last service comes first.
     f.patient_birth_date = Some(d("2012-01-01"));
     let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
-    assert_eq!(dec.retain_until, Some(d("2027-01-01")));
+    assert_eq!(until_of(&dec, first), &Until::Date(d("2027-01-01")));
+    // ... but 12-2297 (6 years or age 21, whichever is later) is longer, and longest wins.
+    assert_eq!(until_of(&dec, longer), &Until::Date(d("2033-01-01")));
+    assert_eq!(dec.retain_until, Some(d("2033-01-01")));
+    assert_eq!(dec.governing.as_deref(), Some(longer));
     // Adult: the minors' clause never applies, so a long-past 21st birthday cannot win.
     f.patient_birth_date = Some(d("1950-01-01"));
     let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
+    assert_eq!(until_of(&dec, first), &Until::Date(d("2027-01-01")));
     assert_eq!(dec.retain_until, Some(d("2027-01-01")));
-    // Birth date unknown: the first-of clause still has a known date, so no waiting.
+    // Birth date unknown: the first-of clause still has a known date, so no waiting there.
     f.patient_birth_date = None;
     let dec = sched(p, "clinical", "2019-06-01", &f, &[]);
-    assert_eq!(dec.retain_until, Some(d("2027-01-01")));
+    assert_eq!(until_of(&dec, first), &Until::Date(d("2027-01-01")));
 }
 
 #[test]
@@ -756,6 +763,18 @@ fn bad_policy_files_name_file_line_and_field() {
             &["when.direction[0]", "sideways"],
         ),
         ("[[category]]\ncode = \"Research\"\n", &["code", "Research"]),
+        (
+            "[policy]\ndisable-rules = [\"transient.bulky\"]\n",
+            &["bad.toml:2", "disable-rules", "transient.bulky"],
+        ),
+        (
+            "[policy]\ndisable-obligations = [\"org.nope\"]\n",
+            &["disable-obligations", "org.nope"],
+        ),
+        (
+            "\n[jurisdiction.Colorado]\nage-of-majority = 18\n",
+            &["bad.toml:2", "Colorado", "two-letter"],
+        ),
     ];
     for (text, wants) in cases {
         let msg = load_err(text);
