@@ -1011,3 +1011,263 @@ proptest! {
         prop_assert_eq!(&a, &c);
     }
 }
+
+// --- Table: every trigger shape and combinator on a one-obligation policy -------------------
+
+#[test]
+fn trigger_shapes_and_combinators_table() {
+    struct Row {
+        retain: &'static str,
+        created: &'static str,
+        birth: Option<&'static str>,
+        encounter: Option<&'static str>,
+        discharge: Option<&'static str>,
+        events: &'static [(EventKind, &'static str)],
+        want: Result<&'static str, &'static str>, // Ok(date) or Err(status)
+    }
+    use EventKind::*;
+    let rows = [
+        // created + N, including leap days and month ends
+        Row {
+            retain: r#"{ years = 6, from = "created" }"#,
+            created: "2020-02-29",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2026-03-01"),
+        },
+        Row {
+            retain: r#"{ years = 4, from = "created" }"#,
+            created: "2020-02-29",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2024-02-29"),
+        },
+        Row {
+            retain: r#"{ months = 1, from = "created" }"#,
+            created: "2021-01-31",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2021-03-01"),
+        },
+        Row {
+            retain: r#"{ days = 90, from = "created" }"#,
+            created: "2021-12-15",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2022-03-15"),
+        },
+        // last in effect (superseded event)
+        Row {
+            retain: r#"{ years = 6, from = "last_in_effect" }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Err("pending"),
+        },
+        Row {
+            retain: r#"{ years = 6, from = "last_in_effect" }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[(Superseded, "2019-07-01")],
+            want: Ok("2025-07-01"),
+        },
+        // last encounter / discharge: facts and events, the latest counts
+        Row {
+            retain: r#"{ years = 10, from = "last_encounter" }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: Some("2016-01-01"),
+            discharge: None,
+            events: &[(Encounter, "2018-05-05")],
+            want: Ok("2028-05-05"),
+        },
+        Row {
+            retain: r#"{ years = 7, from = "discharge" }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: Some("2016-02-02"),
+            events: &[(Discharged, "2015-06-06")],
+            want: Ok("2023-02-02"),
+        },
+        Row {
+            retain: r#"{ years = 7, from = ["discharge", "created"] }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2022-01-01"),
+        },
+        // patient age: fixed, and age of majority + N (default majority 18)
+        Row {
+            retain: r#"{ age = 21 }"#,
+            created: "2015-01-01",
+            birth: Some("2004-02-29"),
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2025-03-01"),
+        },
+        Row {
+            retain: r#"{ age-of-majority-plus = 3 }"#,
+            created: "2015-01-01",
+            birth: Some("2010-06-15"),
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2031-06-15"),
+        },
+        Row {
+            retain: r#"{ age = 21 }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Err("pending"),
+        },
+        // contract termination + N
+        Row {
+            retain: r#"{ years = 10, from = "contract_terminated" }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[(ContractTerminated, "2020-12-31")],
+            want: Ok("2030-12-31"),
+        },
+        // indefinite
+        Row {
+            retain: r#""indefinite""#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Err("indefinite"),
+        },
+        // whichever is later: minors (CO style: age 28 or 10 years after encounter)
+        Row {
+            retain: r#"{ later = [ { age = 28 }, { years = 10, from = "last_encounter" } ] }"#,
+            created: "2015-01-01",
+            birth: Some("2010-03-01"),
+            encounter: Some("2020-05-05"),
+            discharge: None,
+            events: &[],
+            want: Ok("2038-03-01"),
+        },
+        Row {
+            retain: r#"{ later = [ { age = 28 }, { years = 10, from = "last_encounter" } ] }"#,
+            created: "2015-01-01",
+            birth: Some("1950-03-01"),
+            encounter: Some("2020-05-05"),
+            discharge: None,
+            events: &[],
+            want: Ok("2030-05-05"),
+        },
+        Row {
+            retain: r#"{ later = [ { years = 1, from = "created" }, "indefinite" ] }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Err("indefinite"),
+        },
+        // whichever occurs first (A.R.S. 32-2936 style), minors only
+        Row {
+            retain: r#"{ if-minor = { first = [ { age = 21 }, { years = 7, from = "last_encounter" } ] }, else = { years = 7, from = "last_encounter" }, at = "last_encounter" }"#,
+            created: "2015-01-01",
+            birth: Some("2005-01-01"),
+            encounter: Some("2020-01-01"),
+            discharge: None,
+            events: &[],
+            want: Ok("2026-01-01"),
+        },
+        Row {
+            retain: r#"{ if-minor = { first = [ { age = 21 }, { years = 7, from = "last_encounter" } ] }, else = { years = 7, from = "last_encounter" }, at = "last_encounter" }"#,
+            created: "2015-01-01",
+            birth: Some("1990-01-01"),
+            encounter: Some("2020-01-01"),
+            discharge: None,
+            events: &[],
+            want: Ok("2027-01-01"),
+        },
+        Row {
+            retain: r#"{ first = [ "indefinite", { years = 2, from = "created" } ] }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Ok("2017-01-01"),
+        },
+        Row {
+            retain: r#"{ first = [ "indefinite", { years = 2, from = "last_in_effect" } ] }"#,
+            created: "2015-01-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[],
+            want: Err("pending"),
+        },
+        // HIPAA: 6 years from the later of creation and last in effect
+        Row {
+            retain: r#"{ later = [ { years = 6, from = "created" }, { years = 6, from = "last_in_effect" } ] }"#,
+            created: "2016-04-01",
+            birth: None,
+            encounter: None,
+            discharge: None,
+            events: &[(Superseded, "2016-01-01")],
+            want: Ok("2022-04-01"),
+        },
+    ];
+    for (i, r) in rows.iter().enumerate() {
+        let p = policy_with(&[r.retain.to_owned()]);
+        let f = Facts {
+            patient_birth_date: r.birth.map(d),
+            last_encounter_date: r.encounter.map(d),
+            discharge_date: r.discharge.map(d),
+            ..Facts::default()
+        };
+        let events: Vec<RetentionEvent> = r.events.iter().map(|(k, on)| ev(*k, on)).collect();
+        let dec = sched(&p, "clinical", r.created, &f, &events);
+        match r.want {
+            Ok(date) => assert_eq!(dec.retain_until, Some(d(date)), "row {i}: {}", r.retain),
+            Err(status) => {
+                assert_eq!(dec.retain_until, None, "row {i}: {}", r.retain);
+                assert_eq!(dec.status.as_str(), status, "row {i}: {}", r.retain);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever text arrives as a policy file or a case, the answer is Ok or a clear Err.
+    #[test]
+    fn arbitrary_policy_text_never_panics(text in "(\\[\\[?[a-z.-]{0,12}\\]\\]?\n|[a-z-]{1,12} = (\"[^\"]{0,10}\"|[0-9]{1,3}|\\[\\]|\\{ [a-z-]{1,8} = [0-9] \\})\n|#[^\n]{0,10}\n){0,12}") {
+        let _ = Policy::from_sources(&[("fuzz.toml", &text)]);
+    }
+
+    #[test]
+    fn arbitrary_case_json_never_panics(text in "\\{(\"(message|facts|events|type|date|message_id|mailbox)\": ?(\"[^\"]{0,12}\"|\\[\\]|\\{\\}|null|[0-9]{1,4}),? ?){0,6}\\}") {
+        if let Ok(case) = Case::from_json("fuzz.json", &text) {
+            let _ = builtin().explain(&case);
+        }
+    }
+}
