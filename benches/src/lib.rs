@@ -7,33 +7,7 @@
 use chrono::{Days, NaiveDate, TimeZone, Utc};
 use retain_model::{Address, Attachment, Direction, Facts, MailMessage};
 
-/// A small deterministic generator (xorshift64*), so every run benchmarks the same messages.
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    /// Next pseudo-random number.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// One of `items`.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+pub use retain_generate::Rng;
 
 const FILLER: &[&str] = &[
     "Please see the notes below and let me know if anything needs to change before Friday.",

@@ -16,6 +16,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod generate;
 mod output;
 mod policy_cmd;
 
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Run the demo on embedded defaults (for now: the policy engine on the sample corpus).
     Demo(demo::DemoArgs),
+    /// Write synthetic healthcare mail metadata (JSON Lines of explain cases).
+    Generate(generate::GenerateArgs),
     /// Check, explain and try out retention policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
     };
     match result {

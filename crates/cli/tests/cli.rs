@@ -119,24 +119,9 @@ fn explain_prints_the_documented_json() {
 
 #[test]
 fn explain_reads_stdin_and_refuses_bad_cases() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_retain"))
-        .args(["policy", "explain", "--input", "-"])
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"message\": {\"message_id\": \"m\", \"mailbox\": \"b\", \"sent_at\": \"2020-01-01T00:00:00Z\"},\n \"facts\": {\"category\": \"administrative\"}}")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = explain_stdin(
+        "{\"message\": {\"message_id\": \"m\", \"mailbox\": \"b\", \"sent_at\": \"2020-01-01T00:00:00Z\"},\n \"facts\": {\"category\": \"administrative\"}}",
+    );
     assert_eq!(v["retain_until"], "2023-01-01");
     assert_eq!(v["forced"], true);
 
@@ -245,4 +230,41 @@ fn demo_summarises_as_json() {
     if corpus().is_some() {
         assert_eq!(v["corpus"]["messages"], 1702);
     }
+}
+
+#[test]
+fn generate_is_deterministic_and_each_line_explains() {
+    let a = retain(&["generate", "--count", "50", "--seed", "9"]);
+    let b = retain(&["generate", "--count", "50", "--seed", "9"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(a.stdout, b.stdout);
+    let text = stdout(&a);
+    assert_eq!(text.lines().count(), 50);
+    let p = explain_stdin(text.lines().next().unwrap());
+    assert!(
+        p["category"].is_string() && p["policy_version"].is_string(),
+        "{p}"
+    );
+}
+
+/// `retain policy explain --input -` with `case` on standard input; the JSON it prints.
+fn explain_stdin(case: &str) -> serde_json::Value {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_retain"))
+        .args(["policy", "explain", "--input", "-"])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(case.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
