@@ -1,0 +1,28 @@
+//! Retain's Delta Lake tables: the `records` table and exactly-once landing into it.
+//!
+//! The scheduler consumer turns each classified, scheduled message into a [`RecordRow`], adds
+//! rows to a [`RecordBatchBuilder`] (Arrow builders, column by column), and lands the batch with
+//! [`RecordsTable::land`] together with the Kafka offsets it covers. The offsets are written into
+//! the same Delta commit as `txn` actions (`{app_id}-{partition}`), so the table itself says how
+//! far each partition has landed: on start or rebalance the consumer seeks to
+//! [`RecordsTable::committed_offsets`], and re-delivered rows are skipped. `docs/tables.md`
+//! documents every column and the protocol.
+//!
+//! This crate is a heavy leaf (deltalake, DataFusion, Arrow); the domain model and the policy
+//! engine do not depend on it.
+
+mod batch;
+mod error;
+pub mod schema;
+mod table;
+
+pub use batch::{RecordBatchBuilder, RecordRow, record_key};
+pub use error::{Error, Result};
+pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};
+pub use table::{
+    DEFAULT_MAX_ATTEMPTS, Landed, RecordsTable, register_storage_handlers, txn_app_id,
+};
+
+/// Re-exported so callers build and read batches with the exact Arrow and deltalake versions
+/// this crate writes with.
+pub use deltalake;

@@ -1,0 +1,656 @@
+//! The `records` Delta table: open or create it, land batches exactly once, read back the
+//! committed Kafka offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Once;
+
+use deltalake::arrow::array::{Array, AsArray, BooleanArray};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::datatypes::{Int32Type, Int64Type};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::state::DeltaTableState;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use tracing::{debug, info, instrument, warn};
+use url::Url;
+
+use crate::error::{Error, Result, is_commit_race};
+use crate::schema::{RECORDS_TABLE, columns, records_delta_schema, records_schema, schema_diff};
+
+/// How many times [`RecordsTable::land`] re-reads the offsets and retries after a concurrent
+/// commit advanced the same partitions, before giving up with a retryable [`Error::Conflict`].
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+/// The Delta `txn` application id that holds one Kafka partition's committed offset:
+/// `{app_id}-{partition}`. Unambiguous because partitions are non-negative decimal numbers
+/// after the last `-`.
+pub fn txn_app_id(app_id: &str, partition: i32) -> String {
+    format!("{app_id}-{partition}")
+}
+
+/// Registers deltalake's S3 storage handlers (`s3://`, `s3a://`) once per process.
+///
+/// The `deltalake` 1.1 meta crate already does this from a constructor when its `s3` feature is
+/// on; calling it here as well keeps S3 working however the binary is linked.
+pub fn register_storage_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
+/// What one [`RecordsTable::land`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landed {
+    /// The table version committed, or `None` when everything had already landed and nothing
+    /// was committed.
+    pub version: Option<u64>,
+    /// Rows written by this call.
+    pub rows_landed: usize,
+    /// Rows skipped because the table already held their offsets (re-deliveries).
+    pub rows_skipped: usize,
+    /// Commit attempts made (1 unless a concurrent writer advanced the same partitions first).
+    pub attempts: u32,
+    /// The committed next offset of every requested partition after the call.
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+/// The `records` table at one location, with exactly-once landing of Kafka-sourced batches.
+///
+/// Each landing is one Delta commit holding the data files *and* one `txn` action per Kafka
+/// partition (`appId = {app_id}-{partition}`, `version` = the partition's next offset to read).
+/// See `docs/tables.md` for the protocol.
+pub struct RecordsTable {
+    table: DeltaTable,
+    url: String,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for RecordsTable {
+    // Storage options (which may hold keys) are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsTable")
+            .field("url", &self.url)
+            .field("version", &self.table.version())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A landing decided against one table snapshot: what to write and which offsets to commit.
+struct Plan {
+    kept: RecordBatch,
+    skipped: usize,
+    txns: Vec<Transaction>,
+    offsets: BTreeMap<i32, i64>,
+}
+
+impl RecordsTable {
+    /// Opens the `records` table at `location` (a local path, `file://`, or `s3://` URL),
+    /// creating it (and a local directory) when there is none. `storage_options` are passed to
+    /// deltalake's object store (e.g. `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`).
+    #[instrument(skip_all, fields(location = %redact_location(location)))]
+    pub async fn open_or_create(
+        location: &str,
+        storage_options: HashMap<String, String>,
+    ) -> Result<Self> {
+        register_storage_handlers();
+        let url = deltalake::ensure_table_uri(location).map_err(|source| Error::Location {
+            location: redact_location(location),
+            source: Box::new(source),
+        })?;
+        let shown = redact(&url);
+        let open_err = |source| Error::Open {
+            url: shown.clone(),
+            source: Box::new(source),
+        };
+        let mut table = DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.with_storage_options(storage_options).build())
+            .map_err(open_err)?;
+        if table
+            .verify_deltatable_existence()
+            .await
+            .map_err(open_err)?
+        {
+            table.load().await.map_err(open_err)?;
+        } else {
+            let created = table
+                .create()
+                .with_table_name(RECORDS_TABLE)
+                .with_comment("Retain records: one row per message copy, classified and scheduled")
+                .with_columns(records_delta_schema().fields().cloned())
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match created {
+                Ok(t) => {
+                    info!(table = %shown, "created the records table");
+                    table = t;
+                }
+                // Another process created it between the check and our commit: use theirs.
+                Err(e) if table.verify_deltatable_existence().await.unwrap_or(false) => {
+                    debug!(table = %shown, error = %e, "lost the race to create the table");
+                    table.load().await.map_err(open_err)?;
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        }
+        let this = RecordsTable {
+            table,
+            url: shown,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        };
+        this.check_schema()?;
+        Ok(this)
+    }
+
+    /// Sets how many commit attempts [`land`](Self::land) makes against concurrent writers.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The table URL (credentials, if any were in it, removed).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The table version last read or committed (a table is created at version 0).
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or_default()
+    }
+
+    /// The underlying Delta table at its last read state (e.g. to register it with DataFusion).
+    pub fn delta_table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// Reads the newest table version from storage; returns it.
+    #[instrument(skip_all, fields(table = %self.url))]
+    pub async fn refresh(&mut self) -> Result<u64> {
+        self.table
+            .update_state()
+            .await
+            .map_err(|source| Error::Open {
+                url: self.url.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(self.version())
+    }
+
+    /// The committed next offset of one partition for `app_id` in the newest table version:
+    /// where a consumer assigned that partition must seek. `None` when nothing was landed.
+    pub async fn committed_offset(&mut self, app_id: &str, partition: i32) -> Result<Option<i64>> {
+        self.refresh().await?;
+        let state = self.state()?.clone();
+        self.read_offset(&state, app_id, partition).await
+    }
+
+    /// The committed next offsets of `partitions` for `app_id` in the newest table version
+    /// (partitions with nothing landed are absent). Call it on partition assignment and seek to
+    /// the result.
+    ///
+    /// The partitions are the caller's (its assignment): deltalake 1.1 looks app transactions
+    /// up by id and has no public way to list them all.
+    #[instrument(skip_all, fields(table = %self.url, app_id = app_id))]
+    pub async fn committed_offsets(
+        &mut self,
+        app_id: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Result<BTreeMap<i32, i64>> {
+        self.refresh().await?;
+        let state = self.state()?.clone();
+        let mut out = BTreeMap::new();
+        for p in partitions {
+            if let Some(v) = self.read_offset(&state, app_id, p).await? {
+                out.insert(p, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lands a `records` batch read from Kafka exactly once.
+    ///
+    /// `offsets` names, for every partition the batch's rows come from, the next offset to read
+    /// after this batch (the last row's offset + 1, or further when later messages were
+    /// dead-lettered). In one Delta commit, the rows not yet in the table are appended and each
+    /// partition's `txn` (`{app_id}-{partition}`) is advanced to its next offset. Rows whose
+    /// offset is below the partition's committed next offset are skipped, so re-delivered
+    /// messages never land twice; a batch that is entirely old commits nothing.
+    ///
+    /// The skip decision and the commit are one optimistic transaction: if another writer
+    /// commits a `txn` for any of the same partitions after the snapshot this landing read,
+    /// deltalake refuses the commit (`ConcurrentTransaction`) and the landing re-reads the
+    /// offsets and tries again (up to [`DEFAULT_MAX_ATTEMPTS`]).
+    #[instrument(
+        skip_all,
+        fields(table = %self.url, app_id = app_id, rows = batch.num_rows(), partitions = offsets.len())
+    )]
+    pub async fn land(
+        &mut self,
+        batch: RecordBatch,
+        app_id: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<Landed> {
+        validate_request(&batch, app_id, offsets)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.refresh().await?;
+            let state = self.state()?.clone();
+            let read_version = state.version();
+            let plan = self.plan(&state, &batch, app_id, offsets).await?;
+            if plan.txns.is_empty() {
+                debug!(
+                    version = read_version,
+                    skipped = plan.skipped,
+                    "everything already landed"
+                );
+                return Ok(Landed {
+                    version: None,
+                    rows_landed: 0,
+                    rows_skipped: plan.skipped,
+                    attempts,
+                    offsets: plan.offsets,
+                });
+            }
+            let rows = plan.kept.num_rows();
+            match self.commit(&state, app_id, plan.kept, plan.txns).await {
+                Ok(version) => {
+                    info!(version, rows, skipped = plan.skipped, attempts, "landed");
+                    return Ok(Landed {
+                        version: Some(version),
+                        rows_landed: rows,
+                        rows_skipped: plan.skipped,
+                        attempts,
+                        offsets: plan.offsets,
+                    });
+                }
+                Err(CommitError::Delta(source)) if is_commit_race(&source) => {
+                    if attempts >= self.max_attempts {
+                        return Err(Error::Conflict {
+                            url: self.url.clone(),
+                            version: read_version,
+                            app_id: app_id.to_owned(),
+                            attempts,
+                            source: Box::new(source),
+                        });
+                    }
+                    warn!(
+                        version = read_version,
+                        attempts,
+                        error = %source,
+                        "a concurrent commit advanced the same offsets; re-reading"
+                    );
+                }
+                Err(CommitError::Delta(source)) => {
+                    return Err(Error::Commit {
+                        url: self.url.clone(),
+                        version: read_version,
+                        source: Box::new(source),
+                    });
+                }
+                Err(CommitError::Files(source)) => {
+                    return Err(Error::WriteFiles {
+                        url: self.url.clone(),
+                        version: read_version,
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> Result<&DeltaTableState> {
+        self.table.snapshot().map_err(|source| Error::Open {
+            url: self.url.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let state = self.state()?;
+        let actual = state.snapshot().arrow_schema();
+        match schema_diff(&records_schema(), &actual) {
+            None => Ok(()),
+            Some(details) => Err(Error::SchemaMismatch {
+                url: self.url.clone(),
+                version: state.version(),
+                table: RECORDS_TABLE,
+                details,
+            }),
+        }
+    }
+
+    async fn read_offset(
+        &self,
+        state: &DeltaTableState,
+        app_id: &str,
+        partition: i32,
+    ) -> Result<Option<i64>> {
+        state
+            .transaction_version(
+                self.table.log_store().as_ref(),
+                txn_app_id(app_id, partition),
+            )
+            .await
+            .map_err(|source| Error::ReadOffset {
+                url: self.url.clone(),
+                version: state.version(),
+                app_id: app_id.to_owned(),
+                partition,
+                source: Box::new(source),
+            })
+    }
+
+    /// Decides, against `state`, which rows are new and which `txn` actions to commit.
+    async fn plan(
+        &self,
+        state: &DeltaTableState,
+        batch: &RecordBatch,
+        app_id: &str,
+        offsets: &[(i32, i64)],
+    ) -> Result<Plan> {
+        let mut committed = HashMap::with_capacity(offsets.len());
+        let mut txns = Vec::new();
+        let mut after = BTreeMap::new();
+        for &(partition, next) in offsets {
+            let current = self.read_offset(state, app_id, partition).await?;
+            committed.insert(partition, current);
+            match current {
+                Some(c) if c >= next => {
+                    after.insert(partition, c);
+                }
+                _ => {
+                    txns.push(Transaction::new(txn_app_id(app_id, partition), next));
+                    after.insert(partition, next);
+                }
+            }
+        }
+        let (parts, offs) = lineage_columns(batch)?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                let from = committed.get(&parts.value(i)).copied().flatten();
+                Some(from.is_none_or(|c| offs.value(i) >= c))
+            })
+            .collect();
+        let kept = filter_record_batch(batch, &keep).map_err(|source| Error::Arrow {
+            table: RECORDS_TABLE,
+            source,
+        })?;
+        Ok(Plan {
+            skipped: batch.num_rows() - kept.num_rows(),
+            kept,
+            txns,
+            offsets: after,
+        })
+    }
+
+    /// Writes `rows` as Parquet files and commits them with `txns` on top of `state`; on
+    /// success the table's state becomes the committed version.
+    async fn commit(
+        &mut self,
+        state: &DeltaTableState,
+        app_id: &str,
+        rows: RecordBatch,
+        txns: Vec<Transaction>,
+    ) -> std::result::Result<u64, CommitError> {
+        let n = rows.num_rows();
+        let mut actions = Vec::new();
+        if n > 0 {
+            let mut writer =
+                RecordBatchWriter::for_table(&self.table).map_err(CommitError::Files)?;
+            writer.write(rows).await.map_err(CommitError::Files)?;
+            let adds = writer.flush().await.map_err(CommitError::Files)?;
+            actions.extend(adds.into_iter().map(Action::Add));
+        }
+        let files = actions.len();
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_metadata([(
+                "retain".to_owned(),
+                serde_json::json!({ "appId": app_id, "rows": n, "files": files }),
+            )]);
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(
+                Some(state as &dyn TableReference),
+                self.table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(CommitError::Delta)?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        Ok(version)
+    }
+}
+
+/// Why a commit attempt failed: writing the files, or the log commit itself.
+#[derive(Debug)]
+enum CommitError {
+    Files(DeltaTableError),
+    Delta(DeltaTableError),
+}
+
+/// The `source_partition` and `source_offset` columns of a `records` batch.
+fn lineage_columns(
+    batch: &RecordBatch,
+) -> Result<(
+    &deltalake::arrow::array::PrimitiveArray<Int32Type>,
+    &deltalake::arrow::array::PrimitiveArray<Int64Type>,
+)> {
+    let missing = |column: &str| Error::BatchSchema {
+        table: RECORDS_TABLE,
+        details: format!("column `{column}` is missing or mistyped"),
+    };
+    let parts = batch
+        .column_by_name(columns::SOURCE_PARTITION)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>())
+        .ok_or_else(|| missing(columns::SOURCE_PARTITION))?;
+    let offs = batch
+        .column_by_name(columns::SOURCE_OFFSET)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| missing(columns::SOURCE_OFFSET))?;
+    Ok((parts, offs))
+}
+
+/// Checks the batch's schema and that every row's partition and offset are covered by
+/// `offsets` (before any I/O).
+fn validate_request(batch: &RecordBatch, app_id: &str, offsets: &[(i32, i64)]) -> Result<()> {
+    let request = |reason: String| Error::Request {
+        app_id: app_id.to_owned(),
+        reason,
+    };
+    if app_id.is_empty() {
+        return Err(request("the app id is empty".to_owned()));
+    }
+    if let Some(details) = schema_diff(&records_schema(), &batch.schema()) {
+        return Err(Error::BatchSchema {
+            table: RECORDS_TABLE,
+            details,
+        });
+    }
+    let mut next_of = HashMap::with_capacity(offsets.len());
+    for &(partition, next) in offsets {
+        if partition < 0 || next < 0 {
+            return Err(request(format!(
+                "partition {partition} next offset {next}: partitions and offsets must not be negative"
+            )));
+        }
+        if next_of.insert(partition, next).is_some() {
+            return Err(request(format!("partition {partition} is listed twice")));
+        }
+    }
+    let (parts, offs) = lineage_columns(batch)?;
+    if parts.null_count() > 0 || offs.null_count() > 0 {
+        return Err(request(
+            "a row has no source partition or offset".to_owned(),
+        ));
+    }
+    for i in 0..batch.num_rows() {
+        let (p, o) = (parts.value(i), offs.value(i));
+        match next_of.get(&p) {
+            None => {
+                return Err(request(format!(
+                    "row {i} comes from partition {p} (offset {o}), which has no next offset"
+                )));
+            }
+            Some(&next) if o >= next => {
+                return Err(request(format!(
+                    "row {i} at partition {p} offset {o} is not below the partition's next offset {next}"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The URL without user name or password.
+fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+    }
+    u.to_string()
+}
+
+/// A location for messages: URLs lose their credentials, paths are kept.
+fn redact_location(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(u) if u.scheme().len() > 1 => redact(&u),
+        _ => location.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecordBatchBuilder;
+
+    #[test]
+    fn txn_ids_name_app_and_partition() {
+        assert_eq!(txn_app_id("retain-scheduler", 3), "retain-scheduler-3");
+    }
+
+    #[test]
+    fn credentials_never_appear_in_locations() {
+        assert_eq!(
+            redact_location("s3://key:secret@bucket/records"),
+            "s3://bucket/records"
+        );
+        assert_eq!(redact_location("/tmp/x/records"), "/tmp/x/records");
+    }
+
+    #[test]
+    fn requests_are_checked_before_io() {
+        let empty = RecordBatchBuilder::new()
+            .finish(chrono::Utc::now())
+            .unwrap();
+        let err = validate_request(&empty, "", &[]).unwrap_err();
+        assert!(matches!(err, Error::Request { .. }), "{err}");
+        let err = validate_request(&empty, "app", &[(0, 1), (0, 2)]).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let err = validate_request(&empty, "app", &[(-1, 1)]).unwrap_err();
+        assert!(err.to_string().contains("negative"), "{err}");
+        validate_request(&empty, "app", &[(0, 0)]).unwrap();
+    }
+
+    /// What deltalake 1.1 does when two landers race: the second commit, made on a snapshot
+    /// read before the first commit, carries a `txn` for the same app id, and the conflict
+    /// checker refuses it with `ConcurrentTransaction` (it does not silently append).
+    #[tokio::test]
+    async fn a_commit_on_a_stale_snapshot_with_the_same_txn_is_refused() {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("records");
+        let location = location.to_str().unwrap();
+        let mut a = RecordsTable::open_or_create(location, HashMap::new())
+            .await
+            .unwrap();
+        let mut b = RecordsTable::open_or_create(location, HashMap::new())
+            .await
+            .unwrap();
+        let d = crate::batch::fixtures::decision();
+        let records: Vec<_> = (0..3).map(crate::batch::fixtures::record).collect();
+        let mut builder = RecordBatchBuilder::new();
+        for r in &records {
+            builder.push_record(r, &d, None, None).unwrap();
+        }
+        let batch = builder.finish(chrono::Utc::now()).unwrap();
+
+        // Lander `a` reads the table, then `b` lands the same offsets first.
+        let stale = a.state().unwrap().clone();
+        let landed = b.land(batch.clone(), "app", &[(1, 3)]).await.unwrap();
+        assert_eq!(landed.rows_landed, 3);
+
+        // `a` commits what it planned on the stale snapshot: refused.
+        let err = a
+            .commit(
+                &stale,
+                "app",
+                batch.clone(),
+                vec![Transaction::new("app-1", 3)],
+            )
+            .await
+            .expect_err("the stale commit must fail");
+        let CommitError::Delta(e) = err else {
+            panic!("expected a commit error")
+        };
+        assert!(
+            matches!(
+                e,
+                DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(
+                        CommitConflictError::ConcurrentTransaction
+                    )
+                }
+            ),
+            "{e}"
+        );
+        assert!(is_commit_race(&e));
+
+        // A landing re-reads and skips everything; the table holds one copy.
+        let again = a.land(batch, "app", &[(1, 3)]).await.unwrap();
+        assert_eq!(
+            (again.version, again.rows_landed, again.rows_skipped),
+            (None, 0, 3)
+        );
+        assert_eq!(a.committed_offset("app", 1).await.unwrap(), Some(3));
+    }
+
+    /// A concurrent commit for *other* partitions is not a conflict: deltalake rebases the
+    /// blind append and commits it on top.
+    #[tokio::test]
+    async fn a_commit_on_a_stale_snapshot_for_other_partitions_goes_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("records");
+        let location = location.to_str().unwrap();
+        let mut a = RecordsTable::open_or_create(location, HashMap::new())
+            .await
+            .unwrap();
+        let mut b = RecordsTable::open_or_create(location, HashMap::new())
+            .await
+            .unwrap();
+        let empty = RecordBatchBuilder::new()
+            .finish(chrono::Utc::now())
+            .unwrap();
+        let stale = a.state().unwrap().clone();
+        b.land(empty.clone(), "app", &[(0, 5)]).await.unwrap();
+        let version = a
+            .commit(&stale, "app", empty, vec![Transaction::new("app-1", 7)])
+            .await
+            .expect("no conflict across partitions");
+        assert_eq!(version, 2);
+        assert_eq!(
+            a.committed_offsets("app", [0, 1, 2]).await.unwrap(),
+            BTreeMap::from([(0, 5), (1, 7)])
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! The `records` table against a real local Delta table: records classified and scheduled by the
+//! built-in policy are landed with their Kafka offsets, read back with DataFusion, re-landed
+//! (idempotent), extended, and landed by two racing writers (exactly once).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use retain_codec::{ClassifiedRecord, Lineage};
+use retain_lake::deltalake::DeltaTable;
+use retain_lake::deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use retain_lake::deltalake::arrow::compute::cast;
+use retain_lake::deltalake::arrow::datatypes::{DataType, Date32Type, Int64Type};
+use retain_lake::deltalake::datafusion::prelude::SessionContext;
+use retain_lake::{Error, RecordBatchBuilder, RecordsTable, record_key, records_schema};
+use retain_model::{Address, Attachment, Facts, MailMessage, RetentionDecision};
+use retain_policy::Policy;
+
+const TOPIC: &str = "mail.classified";
+const APP: &str = "retain-scheduler";
+
+fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| Policy::builtin().expect("the built-in pack compiles"))
+}
+
+fn landed_at() -> DateTime<Utc> {
+    "2025-06-01T08:00:00Z".parse().unwrap()
+}
+
+/// A message whose subject and excerpt steer the built-in classifier.
+fn mail(n: i64, subject: &str, excerpt: &str) -> MailMessage {
+    let mut m = MailMessage::new(format!("msg-{n}@hospital.example"), "jdoe");
+    m.custodian = Some("Jane Doe".into());
+    m.from = Some(Address::new("jdoe@hospital.example"));
+    m.to = vec![Address::new("team@hospital.example")];
+    m.cc = vec![Address::new("records@hospital.example")];
+    m.subject = Some(subject.to_owned());
+    m.excerpt = Some(excerpt.to_owned());
+    m.sent_at = Some("2021-03-04T10:00:00Z".parse().unwrap());
+    m.size_bytes = 2048 + n as u64;
+    m.folder = Some("Inbox".into());
+    m.labels = vec!["important".into()];
+    m
+}
+
+/// Messages that classify into four different categories, in offset order.
+fn messages() -> Vec<MailMessage> {
+    let mut clinical = mail(0, "Follow-up", "Patient MRN: 00123456 seen today, dx E11.9");
+    clinical.attachments = vec![Attachment {
+        name: "labs.pdf".into(),
+        media_type: "application/pdf".into(),
+        size_bytes: 5000,
+    }];
+    vec![
+        clinical,
+        mail(1, "Security incident report: lost laptop", ""),
+        mail(2, "Budget meeting", "please bring the numbers"),
+        mail(3, "hello", "see you"),
+        mail(4, "Out of office", "I am away until Monday"),
+        mail(5, "Annual HIPAA training completion", ""),
+    ]
+}
+
+/// One classified and scheduled record, as the scheduler consumer holds it.
+struct Scheduled {
+    record: ClassifiedRecord,
+    decision: RetentionDecision,
+    jurisdiction: Option<String>,
+    record_holder: Option<String>,
+}
+
+fn schedule(message: MailMessage, partition: i32, offset: i64) -> Scheduled {
+    let p = policy();
+    let facts = Facts {
+        jurisdiction: Some("CO".into()),
+        record_holder: Some("hospital".into()),
+        ..Facts::default()
+    };
+    let (classification, decision) = p.decide(&message, &facts, &[]);
+    let (jurisdiction, record_holder) = p.effective(&facts);
+    let lineage = Lineage {
+        topic: TOPIC.into(),
+        partition,
+        offset,
+    };
+    Scheduled {
+        record: ClassifiedRecord::new(message, classification, "classifier-test", lineage),
+        decision,
+        jurisdiction,
+        record_holder,
+    }
+}
+
+/// Messages `range` of [`messages`] spread over two partitions: even ones on partition 0 at
+/// offset `n / 2`, odd ones on partition 1.
+fn scheduled(range: std::ops::Range<usize>) -> Vec<Scheduled> {
+    messages()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| range.contains(i))
+        .map(|(i, m)| schedule(m, (i % 2) as i32, (i / 2) as i64))
+        .collect()
+}
+
+fn batch(rows: &[Scheduled]) -> Result<RecordBatch> {
+    let mut b = RecordBatchBuilder::new();
+    for s in rows {
+        b.push_record(
+            &s.record,
+            &s.decision,
+            s.jurisdiction.clone(),
+            s.record_holder.clone(),
+        )?;
+    }
+    Ok(b.finish(landed_at())?)
+}
+
+/// The next offset per partition after `rows`.
+fn next_offsets(rows: &[Scheduled]) -> Vec<(i32, i64)> {
+    let mut next = BTreeMap::new();
+    for s in rows {
+        let e = next.entry(s.record.lineage.partition).or_insert(0);
+        *e = (*e).max(s.record.lineage.offset + 1);
+    }
+    next.into_iter().collect()
+}
+
+fn location(dir: &Path) -> String {
+    dir.join("records").to_str().unwrap().to_owned()
+}
+
+/// Runs SQL against the table as it is now on storage, through DataFusion's table provider.
+async fn sql(location: &str, query: &str) -> Result<Vec<RecordBatch>> {
+    let table = RecordsTable::open_or_create(location, HashMap::new()).await?;
+    query_table(table.delta_table(), query).await
+}
+
+async fn query_table(table: &DeltaTable, query: &str) -> Result<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    ctx.register_table("records", table.table_provider().await?)?;
+    Ok(ctx.sql(query).await?.collect().await?)
+}
+
+/// Any column as text (DataFusion may hand strings back as views, dates as dates).
+fn text(column: &ArrayRef) -> Vec<Option<String>> {
+    let c = cast(column, &DataType::Utf8).unwrap();
+    c.as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_owned))
+        .collect()
+}
+
+async fn count(location: &str) -> Result<i64> {
+    let batches = sql(location, "SELECT count(*) AS n FROM records").await?;
+    Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
+}
+
+#[tokio::test]
+async fn lands_classified_records_and_reads_them_back_with_datafusion() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    let rows = scheduled(0..4);
+    let mut table = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    assert_eq!(table.version(), 0, "a new table is created at version 0");
+
+    let landed = table.land(batch(&rows)?, APP, &next_offsets(&rows)).await?;
+    assert_eq!(landed.version, Some(1));
+    assert_eq!((landed.rows_landed, landed.rows_skipped), (4, 0));
+    assert_eq!(landed.offsets, BTreeMap::from([(0, 2), (1, 2)]));
+    drop(table);
+
+    // A fresh handle (as after a restart) reads the rows back through DataFusion.
+    assert_eq!(count(&loc).await?, 4);
+    let out = sql(
+        &loc,
+        "SELECT record_key, category, subject, retain_until, retention_status, \
+                source_partition, source_offset, phi_mrn, cardinality(obligations) AS n_obligations, \
+                cardinality(attachments) AS n_attachments, jurisdiction, record_holder \
+         FROM records ORDER BY source_partition, source_offset",
+    )
+    .await?;
+    let out = &out[0];
+    assert_eq!(out.num_rows(), 4);
+    let strings = |name: &str| text(out.column_by_name(name).unwrap());
+    // Partition 0 holds messages 0 and 2, partition 1 messages 1 and 3.
+    let categories = strings("category");
+    let want = [
+        "clinical",
+        "administrative",
+        "security_incident",
+        "unclassified",
+    ];
+    assert_eq!(
+        categories,
+        want.map(|c| Some(c.to_owned())).to_vec(),
+        "categories by partition and offset"
+    );
+    assert_eq!(
+        strings("record_key")[0].as_deref(),
+        Some(record_key("default", "jdoe", "msg-0@hospital.example").as_str())
+    );
+    assert_eq!(strings("subject")[1].as_deref(), Some("Budget meeting"));
+    assert_eq!(strings("jurisdiction")[0].as_deref(), Some("CO"));
+    assert_eq!(strings("record_holder")[0].as_deref(), Some("hospital"));
+    // What the policy decided is what the table holds.
+    let retain_until = strings("retain_until");
+    for (i, s) in [(0, &rows[0]), (1, &rows[2]), (2, &rows[1]), (3, &rows[3])] {
+        assert_eq!(
+            retain_until[i],
+            s.decision.retain_until.map(|d| d.to_string()),
+            "row {i}"
+        );
+        assert_eq!(
+            strings("retention_status")[i].as_deref(),
+            Some(s.decision.status.as_str())
+        );
+    }
+    // administrative: created 2021-03-04 + 3 years.
+    assert_eq!(retain_until[1].as_deref(), Some("2024-03-04"));
+    // Unclassified is never scheduled.
+    assert_eq!(retain_until[3], None);
+    assert_eq!(
+        strings("retention_status")[3].as_deref(),
+        Some("indefinite")
+    );
+    let phi_mrn = out.column_by_name("phi_mrn").unwrap().as_boolean();
+    assert!(phi_mrn.value(0) && !phi_mrn.value(1));
+    let n_attachments = strings("n_attachments");
+    assert_eq!(n_attachments[0].as_deref(), Some("1"));
+    assert_eq!(n_attachments[1].as_deref(), Some("0"));
+    let n_obligations = strings("n_obligations");
+    assert_eq!(
+        n_obligations[0],
+        Some(rows[0].decision.obligations.len().to_string())
+    );
+
+    // Nested columns are queryable: the obligations of the clinical record.
+    let ob = sql(
+        &loc,
+        "SELECT o['id'] AS id, o['until'] AS until, o['status'] AS status \
+         FROM (SELECT unnest(obligations) AS o FROM records WHERE category = 'clinical') \
+         ORDER BY id",
+    )
+    .await?;
+    let ids: Vec<String> = ob
+        .iter()
+        .flat_map(|b| text(b.column(0)))
+        .map(Option::unwrap)
+        .collect();
+    let mut want: Vec<String> = rows[0]
+        .decision
+        .obligations
+        .iter()
+        .map(|o| o.id.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(ids, want);
+    // `until` is set exactly for the scheduled obligations.
+    for b in &ob {
+        let until = b.column(1).as_primitive::<Date32Type>();
+        for (i, status) in text(b.column(2)).iter().enumerate() {
+            assert_eq!(until.is_valid(i), status.as_deref() == Some("scheduled"));
+        }
+    }
+
+    // The committed offsets are what a consumer seeks to on assignment.
+    let mut reopened = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    assert_eq!(
+        reopened.committed_offsets(APP, [0, 1, 2]).await?,
+        BTreeMap::from([(0, 2), (1, 2)])
+    );
+    assert_eq!(reopened.committed_offset(APP, 2).await?, None);
+    assert_eq!(reopened.committed_offset("another-app", 0).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn relanding_is_idempotent_and_later_offsets_add_rows() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    let mut table = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    let first = scheduled(0..4);
+    table
+        .land(batch(&first)?, APP, &next_offsets(&first))
+        .await?;
+    let version = table.version();
+
+    // The same messages re-delivered (a crash after the commit, before the consumer commit).
+    let again = table
+        .land(batch(&first)?, APP, &next_offsets(&first))
+        .await?;
+    assert_eq!(again.version, None, "nothing to commit");
+    assert_eq!((again.rows_landed, again.rows_skipped), (0, 4));
+    assert_eq!(table.version(), version);
+    assert_eq!(count(&loc).await?, 4);
+
+    // A batch that overlaps: messages 2..6 (2 and 3 already landed).
+    let overlap = scheduled(2..6);
+    let landed = table
+        .land(batch(&overlap)?, APP, &next_offsets(&overlap))
+        .await?;
+    assert_eq!((landed.rows_landed, landed.rows_skipped), (2, 2));
+    assert_eq!(landed.offsets, BTreeMap::from([(0, 3), (1, 3)]));
+    assert_eq!(count(&loc).await?, 6);
+    let keys = sql(&loc, "SELECT count(DISTINCT record_key) FROM records").await?;
+    assert_eq!(keys[0].column(0).as_primitive::<Int64Type>().value(0), 6);
+
+    // Offsets advanced past dead-lettered messages land no rows but move the offsets.
+    let empty = RecordBatchBuilder::new().finish(landed_at())?;
+    let skip = table.land(empty.clone(), APP, &[(0, 10)]).await?;
+    assert!(skip.version.is_some());
+    assert_eq!(skip.rows_landed, 0);
+    assert_eq!(
+        table.committed_offsets(APP, [0, 1]).await?,
+        BTreeMap::from([(0, 10), (1, 3)])
+    );
+    // Offsets never move backwards.
+    let back = table.land(empty, APP, &[(0, 4)]).await?;
+    assert_eq!(back.version, None);
+    assert_eq!(table.committed_offset(APP, 0).await?, Some(10));
+    assert_eq!(count(&loc).await?, 6);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_landers_land_each_offset_exactly_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    let all = scheduled(0..6);
+    let mut expected = 0;
+    // Three rounds: both landers get the same batch and offsets and run at the same time.
+    for round in [0..2, 2..4, 4..6] {
+        let rows = &all[round];
+        let b = batch(rows)?;
+        let offsets = next_offsets(rows);
+        let mut handles = Vec::new();
+        for _ in 0..2 {
+            let (loc, b, offsets) = (loc.clone(), b.clone(), offsets.clone());
+            handles.push(tokio::spawn(async move {
+                let mut t = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+                t.land(b, APP, &offsets).await
+            }));
+        }
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await??);
+        }
+        let landed: usize = results.iter().map(|r| r.rows_landed).sum();
+        let commits = results.iter().filter(|r| r.version.is_some()).count();
+        assert_eq!(landed, rows.len(), "{results:?}");
+        assert_eq!(commits, 1, "{results:?}");
+        expected += rows.len() as i64;
+        assert_eq!(count(&loc).await?, expected);
+    }
+    let keys = sql(&loc, "SELECT count(DISTINCT record_key) FROM records").await?;
+    assert_eq!(keys[0].column(0).as_primitive::<Int64Type>().value(0), 6);
+
+    // Landers on different partitions do not conflict: both commit.
+    let a = schedule(mail(10, "Budget meeting", ""), 0, 3);
+    let b = schedule(mail(11, "Budget meeting", ""), 1, 3);
+    let (ba, bb) = (
+        batch(std::slice::from_ref(&a))?,
+        batch(std::slice::from_ref(&b))?,
+    );
+    let (la, lb) = (loc.clone(), loc.clone());
+    let ha = tokio::spawn(async move {
+        let mut t = RecordsTable::open_or_create(&la, HashMap::new()).await?;
+        t.land(ba, APP, &[(0, 4)]).await
+    });
+    let hb = tokio::spawn(async move {
+        let mut t = RecordsTable::open_or_create(&lb, HashMap::new()).await?;
+        t.land(bb, APP, &[(1, 4)]).await
+    });
+    let (ra, rb) = (ha.await??, hb.await??);
+    assert_eq!((ra.rows_landed, rb.rows_landed), (1, 1));
+    assert_eq!(count(&loc).await?, 8);
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_column_holds_body_text() -> Result<()> {
+    let forbidden = ["excerpt", "body", "content", "snippet"];
+    let schema = records_schema();
+    for f in schema.fields() {
+        let name = f.name().to_ascii_lowercase();
+        assert!(
+            !forbidden.iter().any(|w| name.contains(w)),
+            "column {name} looks like body text"
+        );
+    }
+    // And the table on storage has exactly the builder's columns.
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    let mut table = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    let rows = scheduled(0..1);
+    assert!(rows[0].record.message.excerpt.is_none());
+    table.land(batch(&rows)?, APP, &next_offsets(&rows)).await?;
+    let out = sql(&loc, "SELECT * FROM records").await?;
+    let names: Vec<&str> = out[0]
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    let want: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, want);
+    // The excerpt text is nowhere in the data files.
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p)? {
+            let e = e?.path();
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                let bytes = std::fs::read(&e)?;
+                assert!(
+                    !bytes.windows(10).any(|w| w == b"seen today"),
+                    "{} holds excerpt text",
+                    e.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn locations_paths_file_urls_and_s3() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A file:// URL and the plain path name the same table.
+    let path = dir.path().join("records");
+    let url = url::Url::from_directory_path(&path).unwrap();
+    let mut by_url = RecordsTable::open_or_create(url.as_str(), HashMap::new()).await?;
+    let rows = scheduled(0..2);
+    by_url
+        .land(batch(&rows)?, APP, &next_offsets(&rows))
+        .await?;
+    assert_eq!(count(path.to_str().unwrap()).await?, 2);
+
+    // s3:// is accepted (a storage scheme is registered); with nothing listening, opening
+    // fails as a storage error, which is retryable, not as a bad location.
+    let options = HashMap::from(
+        [
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("max_retries", "0"),
+            ("retry_timeout", "1s"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let err = RecordsTable::open_or_create("s3://retain-test/records", options)
+        .await
+        .expect_err("nothing listens on port 9");
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("s3://retain-test/records"),
+        "{err}"
+    );
+
+    // An unknown scheme is a bad location.
+    let err = RecordsTable::open_or_create("nosuch://bucket/records", HashMap::new())
+        .await
+        .expect_err("unknown scheme");
+    assert!(matches!(err, Error::Location { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    Ok(())
+}
+
+#[tokio::test]
+async fn inconsistent_requests_are_refused_before_writing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    let mut table = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    let rows = scheduled(0..2);
+    // Partition 1's offset is missing.
+    let err = table
+        .land(batch(&rows)?, APP, &[(0, 1)])
+        .await
+        .expect_err("partition 1 undeclared");
+    assert!(matches!(err, Error::Request { .. }), "{err}");
+    assert!(err.to_string().contains("partition 1"), "{err}");
+    // A next offset at or below a row's offset.
+    let err = table
+        .land(batch(&rows)?, APP, &[(0, 0), (1, 1)])
+        .await
+        .expect_err("offset 0 not below 0");
+    assert!(err.to_string().contains("offset 0"), "{err}");
+    assert_eq!(table.version(), 0);
+    assert_eq!(count(&loc).await?, 0);
+    Ok(())
+}
