@@ -1,11 +1,13 @@
-//! The classifier: rules compiled into a few set matchers so one message is scanned once per
-//! field, whatever the number of rules.
+//! The classifier: rules compiled into a few set matchers, so the cost per message grows with
+//! the text, not with the number of rules.
 //!
-//! Every field condition of every rule (`when` and `unless`) becomes one *atom* (a bit). A message
-//! is scanned once: one Aho-Corasick automaton per text field for all keywords, one `RegexSet`
-//! per text field for all regexes, one `GlobSet` per name field, hash lookups for addresses,
-//! domains and labels. A rule matches when every `when` atom is set and no `unless` atom is.
-//! Rules are tried by precedence (priority, then order); the first match decides.
+//! Every field condition of every rule (`when` and `unless`) becomes one *atom* (a bit). For a
+//! message: one keyword automaton per text field (all rules' keywords and the patient-care
+//! terms, walked from word starts), the PHI detectors, one `GlobSet` per name field and hash
+//! lookups for addresses, domains and labels set the atoms; the `RegexSet` of a text field runs
+//! only if a rule that needs it has its other conditions met. A rule matches when every `when`
+//! atom is set and no `unless` atom is. Only rules indexed under a set atom are looked at, in
+//! precedence order (priority, then order written); the first match decides.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,8 +55,6 @@ type AtomId = u32;
 /// A keyword effect that is not a rule atom: the PHI indicator "patient-care terms".
 const PATIENT_TERM: AtomId = AtomId::MAX;
 
-/// A set of atoms.
-#[derive(Clone)]
 /// A set of atoms, remembering which were set (there are few per message).
 struct Bits {
     words: Vec<u64>,
@@ -112,7 +112,7 @@ impl Default for KeywordField {
 
 impl KeywordField {
     fn add(&mut self, keyword: &str, atom: AtomId) {
-        let k = keyword.to_ascii_lowercase();
+        let k = keyword.trim().to_ascii_lowercase();
         if let Some(&first) = k.as_bytes().first()
             && !is_word(first)
         {
