@@ -56,6 +56,19 @@ pub struct Landed {
     pub offsets: BTreeMap<i32, i64>,
 }
 
+/// A further `txn` committed with a landing: `{app_id}-{partition}` advanced to `next_offset`
+/// (never moved backwards). It filters no rows; it records a second position in the same commit,
+/// e.g. the offset of the topic the lander consumes when the rows' lineage names another topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMark<'a> {
+    /// The application id (without the partition suffix); not the landing's own app id.
+    pub app_id: &'a str,
+    /// The partition.
+    pub partition: i32,
+    /// The next offset to read in that partition.
+    pub next_offset: i64,
+}
+
 /// The `records` table at one location, with exactly-once landing of Kafka-sourced batches.
 ///
 /// Each landing is one Delta commit holding the data files *and* one `txn` action per Kafka
@@ -221,24 +234,42 @@ impl RecordsTable {
     /// commits a `txn` for any of the same partitions after the snapshot this landing read,
     /// deltalake refuses the commit (`ConcurrentTransaction`) and the landing re-reads the
     /// offsets and tries again (up to [`DEFAULT_MAX_ATTEMPTS`]).
-    #[instrument(
-        skip_all,
-        fields(table = %self.url, app_id = app_id, rows = batch.num_rows(), partitions = offsets.len())
-    )]
     pub async fn land(
         &mut self,
         batch: RecordBatch,
         app_id: &str,
         offsets: &[(i32, i64)],
     ) -> Result<Landed> {
+        self.land_with_marks(batch, app_id, offsets, &[]).await
+    }
+
+    /// [`land`](Self::land), and in the same Delta commit advance each of `marks` (a `txn` per
+    /// mark; marks already at or past their offset are left alone).
+    ///
+    /// Rows are still filtered by `app_id` and `offsets` against their lineage columns only. A
+    /// landing whose rows all landed before still commits when a mark moves forward. A
+    /// concurrent commit carrying any of the same `txn` ids is a conflict, retried as in
+    /// [`land`](Self::land).
+    #[instrument(
+        skip_all,
+        fields(table = %self.url, app_id = app_id, rows = batch.num_rows(), partitions = offsets.len(), marks = marks.len())
+    )]
+    pub async fn land_with_marks(
+        &mut self,
+        batch: RecordBatch,
+        app_id: &str,
+        offsets: &[(i32, i64)],
+        marks: &[TxnMark<'_>],
+    ) -> Result<Landed> {
         validate_request(&batch, app_id, offsets)?;
+        validate_marks(app_id, marks)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
             self.refresh().await?;
             let state = self.state()?.clone();
             let read_version = state.version();
-            let plan = self.plan(&state, &batch, app_id, offsets).await?;
+            let plan = self.plan(&state, &batch, app_id, offsets, marks).await?;
             if plan.txns.is_empty() {
                 debug!(
                     version = read_version,
@@ -349,6 +380,7 @@ impl RecordsTable {
         batch: &RecordBatch,
         app_id: &str,
         offsets: &[(i32, i64)],
+        marks: &[TxnMark<'_>],
     ) -> Result<Plan> {
         let mut committed = HashMap::with_capacity(offsets.len());
         let mut txns = Vec::new();
@@ -364,6 +396,15 @@ impl RecordsTable {
                     txns.push(Transaction::new(txn_app_id(app_id, partition), next));
                     after.insert(partition, next);
                 }
+            }
+        }
+        for mark in marks {
+            let current = self.read_offset(state, mark.app_id, mark.partition).await?;
+            if current.is_none_or(|c| c < mark.next_offset) {
+                txns.push(Transaction::new(
+                    txn_app_id(mark.app_id, mark.partition),
+                    mark.next_offset,
+                ));
             }
         }
         let (parts, offs) = lineage_columns(batch)?;
@@ -505,6 +546,37 @@ fn validate_request(batch: &RecordBatch, app_id: &str, offsets: &[(i32, i64)]) -
                 )));
             }
             Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that marks name other app ids than the landing's, once per partition, with
+/// non-negative partitions and offsets.
+fn validate_marks(app_id: &str, marks: &[TxnMark<'_>]) -> Result<()> {
+    let request = |reason: String| Error::Request {
+        app_id: app_id.to_owned(),
+        reason,
+    };
+    let mut seen = std::collections::HashSet::with_capacity(marks.len());
+    for m in marks {
+        if m.app_id.is_empty() || m.app_id == app_id {
+            return Err(request(format!(
+                "mark for partition {} must name another, non-empty app id",
+                m.partition
+            )));
+        }
+        if m.partition < 0 || m.next_offset < 0 {
+            return Err(request(format!(
+                "mark `{}` partition {} next offset {}: partitions and offsets must not be negative",
+                m.app_id, m.partition, m.next_offset
+            )));
+        }
+        if !seen.insert((m.app_id, m.partition)) {
+            return Err(request(format!(
+                "mark `{}` partition {} is listed twice",
+                m.app_id, m.partition
+            )));
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use retain_lake::deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch
 use retain_lake::deltalake::arrow::compute::cast;
 use retain_lake::deltalake::arrow::datatypes::{DataType, Date32Type, Int64Type};
 use retain_lake::deltalake::datafusion::prelude::SessionContext;
-use retain_lake::{Error, RecordBatchBuilder, RecordsTable, record_key, records_schema};
+use retain_lake::{Error, RecordBatchBuilder, RecordsTable, TxnMark, record_key, records_schema};
 use retain_model::{Address, Attachment, Facts, MailMessage, RetentionDecision};
 use retain_policy::Policy;
 
@@ -323,6 +323,70 @@ async fn relanding_is_idempotent_and_later_offsets_add_rows() -> Result<()> {
     assert_eq!(back.version, None);
     assert_eq!(table.committed_offset(APP, 0).await?, Some(10));
     assert_eq!(count(&loc).await?, 6);
+    Ok(())
+}
+
+/// A second set of `txn` actions (a consumer's own offsets, when the rows' lineage names another
+/// topic) rides in the same commit, filters nothing, and never moves backwards.
+#[tokio::test]
+async fn marks_ride_in_the_landing_commit() -> Result<()> {
+    const CONSUMER: &str = "retain-consumer";
+    let mark = |partition, next_offset| TxnMark {
+        app_id: CONSUMER,
+        partition,
+        next_offset,
+    };
+    let dir = tempfile::tempdir()?;
+    let loc = location(dir.path());
+    let mut table = RecordsTable::open_or_create(&loc, HashMap::new()).await?;
+    let rows = scheduled(0..4);
+    let landed = table
+        .land_with_marks(
+            batch(&rows)?,
+            APP,
+            &next_offsets(&rows),
+            &[mark(0, 7), mark(1, 9)],
+        )
+        .await?;
+    assert_eq!((landed.rows_landed, landed.version), (4, Some(1)));
+    assert_eq!(
+        table.committed_offsets(CONSUMER, [0, 1, 2]).await?,
+        BTreeMap::from([(0, 7), (1, 9)])
+    );
+    assert_eq!(
+        table.committed_offsets(APP, [0, 1]).await?,
+        BTreeMap::from([(0, 2), (1, 2)])
+    );
+
+    // The same rows again (a replay upstream) while the consumer moved on: no rows, one commit.
+    let again = table
+        .land_with_marks(batch(&rows)?, APP, &next_offsets(&rows), &[mark(0, 12)])
+        .await?;
+    assert_eq!((again.rows_landed, again.rows_skipped), (0, 4));
+    assert_eq!(again.version, Some(2));
+    assert_eq!(table.committed_offset(CONSUMER, 0).await?, Some(12));
+
+    // Marks never move backwards: nothing to commit.
+    let back = table
+        .land_with_marks(batch(&rows)?, APP, &next_offsets(&rows), &[mark(0, 3)])
+        .await?;
+    assert_eq!(back.version, None);
+    assert_eq!(table.committed_offset(CONSUMER, 0).await?, Some(12));
+    assert_eq!(count(&loc).await?, 4);
+
+    // A mark under the landing's own app id, or twice for one partition, is refused.
+    let own = TxnMark {
+        app_id: APP,
+        partition: 0,
+        next_offset: 20,
+    };
+    for marks in [vec![own], vec![mark(0, 20), mark(0, 21)]] {
+        let err = table
+            .land_with_marks(batch(&rows)?, APP, &next_offsets(&rows), &marks)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Request { .. }), "{err}");
+    }
     Ok(())
 }
 
