@@ -19,6 +19,7 @@ mod demo;
 mod generate;
 mod output;
 mod policy_cmd;
+mod policy_demo;
 
 use std::process::ExitCode;
 
@@ -38,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the demo on embedded defaults (for now: the policy engine on the sample corpus).
+    /// The whole pipeline on embedded defaults: broker, generated mail, classifier, scheduler,
+    /// Delta table in ./lake, and a summary.
     Demo(demo::DemoArgs),
     /// Write synthetic healthcare mail metadata (JSON Lines of explain cases).
     Generate(generate::GenerateArgs),
@@ -51,7 +53,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RETAIN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // librdkafka's configuration notes (e.g. that the gapless guarantee the
+                // classifier relies on is marked experimental) are not the operator's business.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=error")),
         )
         .with_writer(std::io::stderr)
         .init();

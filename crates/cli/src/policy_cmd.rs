@@ -23,6 +23,8 @@ pub enum PolicyCommand {
     Explain(ExplainArgs),
     /// Classify every message under maildir/mbox/.eml paths and count the categories.
     Classify(ClassifyArgs),
+    /// The policy engine on the sample corpus and five healthcare cases (no broker, no lake).
+    Demo(crate::policy_demo::DemoArgs),
 }
 
 /// Arguments of `retain policy check`.
@@ -100,6 +102,7 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Check(a) => check(a),
         PolicyCommand::Explain(a) => explain(a),
         PolicyCommand::Classify(a) => classify_cmd(a),
+        PolicyCommand::Demo(a) => crate::policy_demo::run(a),
     }
 }
 

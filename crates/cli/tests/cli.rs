@@ -211,8 +211,8 @@ fn classify_a_maildir_without_printing_phi() {
 }
 
 #[test]
-fn demo_summarises_as_json() {
-    let o = retain(&["demo", "--json"]);
+fn policy_demo_summarises_as_json() {
+    let o = retain(&["policy", "demo", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let cases = v["cases"].as_array().unwrap();
@@ -267,4 +267,51 @@ fn explain_stdin(case: &str) -> serde_json::Value {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn demo_runs_the_pipeline_and_lands_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_retain"))
+        .args(["demo", "-n", "300", "--json", "--timeout-secs", "120"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["produced"], 300);
+    assert_eq!(v["landed"], 300);
+    assert_eq!(v["distinct_records"], 300);
+    let by_cat: i64 = v["by_category"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_i64().unwrap())
+        .sum();
+    assert_eq!(by_cat, 300);
+    assert!(dir.path().join("lake/records/_delta_log").is_dir());
+    assert!(!stderr(&o).contains("ERROR"), "{}", stderr(&o));
+    // A second run replaces the demo lake instead of adding to it.
+    let o = Command::new(env!("CARGO_BIN_EXE_retain"))
+        .args(["demo", "-n", "100", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["landed"], 100);
+}
+
+#[test]
+fn demo_refuses_a_lake_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    std::fs::write(dir.path().join("lake/keep.txt"), "mine").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_retain"))
+        .args(["demo", "-n", "10"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(dir.path().join("lake/keep.txt").exists());
 }
