@@ -291,6 +291,7 @@ fn demo_runs_the_pipeline_and_lands_every_message_once() {
     assert_eq!(by_cat, 300);
     assert!(dir.path().join("lake/records/_delta_log").is_dir());
     assert!(!stderr(&o).contains("ERROR"), "{}", stderr(&o));
+    other_engine_reads_the_same_table(&dir.path().join("lake/records"), &v);
     // A second run replaces the demo lake instead of adding to it.
     let o = Command::new(env!("CARGO_BIN_EXE_retain"))
         .args(["demo", "-n", "100", "--json"])
@@ -314,4 +315,43 @@ fn demo_refuses_a_lake_it_did_not_make() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(dir.path().join("lake/keep.txt").exists());
+}
+
+/// Python `deltalake` (delta-rs, installed by .ci/run) reads the demo's table: same row count,
+/// same counts per category, every record key once.
+fn other_engine_reads_the_same_table(table: &Path, demo: &serde_json::Value) {
+    let have = Command::new("python3")
+        .args(["-c", "import deltalake"])
+        .output();
+    if !have.map(|o| o.status.success()).unwrap_or(false) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Python deltalake (.ci/run installs it)"
+        );
+        eprintln!("SKIP: Python deltalake is not installed (pip install deltalake pyarrow)");
+        return;
+    }
+    // os._exit: deltalake 1.6's runtime aborts during interpreter teardown.
+    let script = r#"
+import collections, json, os, sys
+import deltalake
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+keys = t.column("record_key").to_pylist()
+print(json.dumps({"rows": t.num_rows, "distinct": len(set(keys)),
+                  "by_category": collections.Counter(t.column("category").to_pylist())}))
+sys.stdout.flush()
+os._exit(0)
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, table.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "python: {}", stderr(&o));
+    let py: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(py["rows"], demo["landed"]);
+    assert_eq!(py["distinct"], demo["distinct_records"]);
+    for pair in demo["by_category"].as_array().unwrap() {
+        let category = pair[0].as_str().unwrap();
+        assert_eq!(py["by_category"][category], pair[1], "category {category}");
+    }
 }
