@@ -20,6 +20,7 @@ mod generate;
 mod output;
 mod policy_cmd;
 mod policy_demo;
+mod run;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ enum Command {
     /// Check, explain and try out retention policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Run the streaming stages (classifier, scheduler or both) until SIGINT or SIGTERM.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,

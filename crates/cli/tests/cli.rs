@@ -355,3 +355,371 @@ os._exit(0)
         assert_eq!(py["by_category"][category], pair[1], "category {category}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `retain run`: the stages as processes, on an embedded broker in the test process.
+
+mod run {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use retain_broker::EmbeddedBroker;
+    use retain_codec::{Framing, encode_mail_message};
+    use retain_generate::Generator;
+    use retain_lake::RecordsTable;
+    use retain_lake::deltalake::arrow::array::AsArray;
+    use retain_lake::deltalake::arrow::datatypes::Int64Type;
+    use retain_lake::deltalake::datafusion::prelude::SessionContext;
+
+    use super::{root, stderr};
+
+    /// A `retain run` child process: killed (SIGKILL) and reaped on drop, so a failing test
+    /// leaves nothing running.
+    struct Stage {
+        name: String,
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Stage {
+        fn start(name: &str, stage: &str, env: &Env) -> Stage {
+            let log = env.dir.join(format!("{name}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let err = out.try_clone().unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_retain"))
+                .args(["run", stage, "--config"])
+                .arg(&env.config)
+                .env("RETAIN_BROKERS", &env.brokers)
+                .env("RETAIN_LAKE", &env.table)
+                .env("RETAIN_LOG", "warn,librdkafka=error")
+                .env_remove("RETAIN_POLICY")
+                .env_remove("RETAIN_GROUP")
+                .current_dir(root())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap();
+            Stage {
+                name: name.to_owned(),
+                child,
+                log,
+            }
+        }
+
+        /// `kill -9`: no graceful stop, no leaving the group, buffers lost.
+        fn kill9(mut self) {
+            self.child.kill().unwrap();
+            self.child.wait().unwrap();
+        }
+
+        /// SIGTERM, then waits (up to 30 s) for the exit; returns the code and the output.
+        fn terminate(mut self) -> (Option<i32>, String) {
+            let pid = self.child.id().to_string();
+            let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(ok.success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return (status.code(), std::fs::read_to_string(&self.log).unwrap());
+                }
+                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// Fails the test if the process ended by itself.
+        fn assert_running(&mut self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status}:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    impl Drop for Stage {
+        fn drop(&mut self) {
+            if self.child.try_wait().ok().flatten().is_none() {
+                _ = self.child.kill();
+                _ = self.child.wait();
+            }
+        }
+    }
+
+    /// A broker with the topics, a table location and a configuration file.
+    struct Env {
+        dir: PathBuf,
+        brokers: String,
+        table: String,
+        config: PathBuf,
+    }
+
+    async fn setup(dir: &Path, max_rows: usize) -> (EmbeddedBroker, Env) {
+        let broker = EmbeddedBroker::start(&dir.join("broker")).await.unwrap();
+        for (topic, partitions) in [
+            ("retain.mail", 3),
+            ("retain.classified", 3),
+            ("retain.mail.dlq", 1),
+            ("retain.classified.dlq", 1),
+        ] {
+            broker.create_topic(topic, partitions).await.unwrap();
+        }
+        let config = dir.join("retain.toml");
+        // Brokers and lake come from the environment (they override the file's values); a short
+        // session timeout so a killed consumer's partitions move on quickly.
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbootstrap-servers = \"127.0.0.1:1\"\n\n[kafka.settings]\n\
+                 session.timeout.ms = 3000\nheartbeat.interval.ms = 500\n\n\
+                 [classifier]\nmax-in-flight = 100\n\n\
+                 [lake]\nlocation = \"/nonexistent/overridden\"\n\n\
+                 [scheduler]\nmax-rows = {max_rows}\nmax-latency-ms = 200\n"
+            ),
+        )
+        .unwrap();
+        let env = Env {
+            dir: dir.to_owned(),
+            brokers: broker.bootstrap_servers(),
+            table: dir.join("records").to_str().unwrap().to_owned(),
+            config,
+        };
+        (broker, env)
+    }
+
+    /// Produces generated messages `from..to` of seed 7 (Avro, keyed by message id).
+    async fn produce(brokers: &str, from: usize, to: usize) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        let mut deliveries = Vec::new();
+        for g in Generator::new(7).skip(from).take(to - from) {
+            let bytes = encode_mail_message(&g.message, Framing::SingleObject).unwrap();
+            let record = FutureRecord::to("retain.mail")
+                .key(g.message.message_id.as_bytes())
+                .payload(&bytes);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for d in deliveries {
+            d.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+    }
+
+    async fn scalar(table: &str, query: &str) -> i64 {
+        let t = RecordsTable::open_or_create(table, Default::default())
+            .await
+            .unwrap();
+        let ctx = SessionContext::new();
+        t.delta_table()
+            .update_datafusion_session(&ctx.state())
+            .unwrap();
+        ctx.register_table("records", t.delta_table().table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+        batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    }
+
+    /// Records in `retain.classified` (the sum of its partitions' high watermarks).
+    async fn classified(brokers: &str) -> i64 {
+        let brokers = brokers.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .unwrap();
+            (0..3)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks("retain.classified", p, Duration::from_secs(10))
+                        .unwrap()
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Rows in the table; 0 until the scheduler has created it.
+    async fn rows(table: &str) -> i64 {
+        if !Path::new(table).join("_delta_log").is_dir() {
+            return 0;
+        }
+        scalar(table, "SELECT count(*) FROM records").await
+    }
+
+    async fn distinct(table: &str) -> i64 {
+        scalar(table, "SELECT count(DISTINCT record_key) FROM records").await
+    }
+
+    /// Polls until the table holds at least `n` rows; panics after `timeout`.
+    async fn wait_rows(table: &str, n: i64, timeout: Duration, stages: &mut [&mut Stage]) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = rows(table).await;
+            if have >= n {
+                return have;
+            }
+            for s in stages.iter_mut() {
+                s.assert_running();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} rows after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A pseudo-random number in `lo..hi` (the clock's nanoseconds; printed for reruns).
+    fn pick(lo: i64, hi: i64) -> i64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as i64;
+        lo + nanos % (hi - lo)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sigkilled_stages_still_land_every_message_exactly_once() {
+        const N: i64 = 3_000;
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, env) = setup(dir.path(), 200).await;
+        produce(&env.brokers, 0, N as usize).await;
+
+        let mut classifier = Stage::start("classifier-1", "classifier", &env);
+        let mut scheduler = Stage::start("scheduler-1", "scheduler", &env);
+        // The classifier dies as soon as it has produced something (mid-chunk or just after a
+        // commit): what it had not committed is classified again, and dropped by lineage.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let at = loop {
+            let n = classified(&env.brokers).await;
+            if n > 0 {
+                break n;
+            }
+            classifier.assert_running();
+            assert!(Instant::now() < deadline, "nothing classified after 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        classifier.kill9();
+        eprintln!("killed the classifier at {at} classified records");
+        classifier = Stage::start("classifier-2", "classifier", &env);
+        let kills = [pick(200, 700), pick(1_000, 1_600), pick(1_900, 2_500)];
+        eprintln!("scheduler kills at {kills:?} rows");
+        for (i, at) in kills.into_iter().enumerate() {
+            let at_kill = wait_rows(
+                &env.table,
+                at,
+                Duration::from_secs(60),
+                &mut [&mut classifier, &mut scheduler],
+            )
+            .await;
+            scheduler.kill9();
+            eprintln!("killed scheduler {} at {at_kill} rows", i + 1);
+            scheduler = Stage::start(&format!("scheduler-{}", i + 2), "scheduler", &env);
+        }
+        let landed = wait_rows(
+            &env.table,
+            N,
+            Duration::from_secs(120),
+            &mut [&mut classifier, &mut scheduler],
+        )
+        .await;
+        // Anything a replay would add lands within a few latencies; give it the chance.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let (code, out) = scheduler.terminate();
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("scheduler: "), "stats on exit: {out}");
+        let (code, out) = classifier.terminate();
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("classifier: "), "stats on exit: {out}");
+        assert_eq!(landed, N);
+        assert_eq!(rows(&env.table).await, N);
+        assert_eq!(distinct(&env.table).await, N);
+        let replayed = classified(&env.brokers).await - N;
+        broker.shutdown().await.unwrap();
+        eprintln!(
+            "{N} rows exactly once after 4 kills ({replayed} classified replays dropped) in {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_schedulers_in_one_group_split_the_partitions() {
+        const N: i64 = 1_500;
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, env) = setup(dir.path(), 100).await;
+        let mut a = Stage::start("scheduler-a", "scheduler", &env);
+        let mut b = Stage::start("scheduler-b", "scheduler", &env);
+        let mut classifier = Stage::start("classifier", "classifier", &env);
+        produce(&env.brokers, 0, N as usize).await;
+        wait_rows(
+            &env.table,
+            N,
+            Duration::from_secs(60),
+            &mut [&mut a, &mut b, &mut classifier],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut landed = Vec::new();
+        for s in [a, b] {
+            let (code, out) = s.terminate();
+            assert_eq!(code, Some(0), "{out}");
+            let n: i64 = out
+                .split(" rows landed")
+                .next()
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no stats in {out}"));
+            landed.push(n);
+        }
+        drop(classifier);
+        assert_eq!(rows(&env.table).await, N);
+        assert_eq!(distinct(&env.table).await, N);
+        assert_eq!(landed.iter().sum::<i64>(), N, "{landed:?}");
+        assert!(
+            landed.iter().all(|&n| n > 0),
+            "both schedulers landed rows: {landed:?}"
+        );
+        broker.shutdown().await.unwrap();
+        eprintln!(
+            "two schedulers landed {landed:?} in {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_bad_config_file_exits_2_naming_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retain.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbootstrap-servers = \"localhost:9092\"\n\n[scheduler]\nmax-latency = \"5s\"\n",
+        )
+        .unwrap();
+        let o = super::retain(&["run", "scheduler", "--config", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("retain.toml:5"), "{err}");
+        assert!(err.contains("max-latency"), "{err}");
+
+        std::fs::write(&path, "[kafka.settings]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+        let o = super::retain(&["run", "all", "--config", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("bootstrap-servers"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,437 @@
+//! `retain run classifier|scheduler|all`: the long-lived streaming stages as a process.
+//!
+//! Settings are layered: built-in defaults < the `--config` file (TOML, `deploy/retain.toml`
+//! documents every key) < environment variables and flags. The chosen stage(s) run until SIGINT
+//! or SIGTERM; a graceful stop cancels them, waits for the current landing and prints what each
+//! stage did. A second signal exits at once (exit 1): nothing is lost, the next run reads again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use retain_stream::{
+    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, KafkaConfig, NoFacts,
+    Scheduler, SchedulerConfig, SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL,
+};
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+use crate::output::BadInput;
+use crate::policy_cmd::load_policy;
+
+/// Which stage(s) to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Stage {
+    /// `retain.mail` → classify → `retain.classified`.
+    Classifier,
+    /// `retain.classified` → schedule → the `records` Delta table.
+    Scheduler,
+    /// Both, in one process.
+    All,
+}
+
+/// Arguments of `retain run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The stage to run: classifier, scheduler or all.
+    #[arg(value_enum)]
+    stage: Stage,
+    /// A TOML configuration file (see deploy/retain.toml); flags and environment override it.
+    #[arg(long, value_name = "FILE", env = "RETAIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (`host:port,...`). Overrides `[kafka] bootstrap-servers`.
+    #[arg(long, env = "RETAIN_BROKERS")]
+    brokers: Option<String>,
+    /// The `records` table location for the scheduler: a path, `file://` or `s3://` URL.
+    /// Overrides `[lake] location`.
+    #[arg(long, env = "RETAIN_LAKE")]
+    lake: Option<String>,
+    /// A policy file layered over the built-in pack. Overrides `policy`.
+    #[arg(long, value_name = "FILE", env = "RETAIN_POLICY")]
+    policy: Option<PathBuf>,
+    /// The mail topic. Overrides `[topics] input`.
+    #[arg(long, env = "RETAIN_INPUT_TOPIC")]
+    input_topic: Option<String>,
+    /// The classified topic. Overrides `[topics] classified`.
+    #[arg(long, env = "RETAIN_CLASSIFIED_TOPIC")]
+    classified_topic: Option<String>,
+    /// The consumer group of the stage (not with `all`: set `[classifier] group` and
+    /// `[scheduler] group`). Overrides the file.
+    #[arg(long, env = "RETAIN_GROUP")]
+    group: Option<String>,
+}
+
+/// The configuration file. Every key is optional; `deploy/retain.toml` documents them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    /// A policy file, relative to the working directory.
+    policy: Option<PathBuf>,
+    #[serde(default)]
+    kafka: KafkaSection,
+    #[serde(default)]
+    lake: LakeSection,
+    #[serde(default)]
+    topics: TopicsSection,
+    #[serde(default)]
+    classifier: ClassifierSection,
+    #[serde(default)]
+    scheduler: SchedulerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct KafkaSection {
+    bootstrap_servers: Option<String>,
+    /// librdkafka settings, passed through (dotted keys may be written bare or quoted).
+    #[serde(default)]
+    settings: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LakeSection {
+    location: Option<String>,
+    /// Object-store options (may hold keys; never printed).
+    #[serde(default)]
+    storage: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TopicsSection {
+    input: Option<String>,
+    classified: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ClassifierSection {
+    group: Option<String>,
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SchedulerSection {
+    group: Option<String>,
+    max_rows: Option<usize>,
+    max_latency_ms: Option<u64>,
+    max_bytes: Option<usize>,
+}
+
+/// Everything a run needs, resolved and validated.
+#[derive(Debug)]
+struct Resolved {
+    policy: Option<PathBuf>,
+    classifier: Option<ClassifierConfig>,
+    scheduler: Option<SchedulerConfig>,
+}
+
+/// Runs `retain run`.
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    let resolved = resolve(&a)?;
+    let policy = Arc::new(load_policy(resolved.policy.as_deref())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(resolved, policy))
+}
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    BadInput(msg.into()).into()
+}
+
+/// Reads the file (if any) and layers the flags over it.
+fn resolve(a: &RunArgs) -> Result<Resolved> {
+    let (file, origin) = match &a.config {
+        Some(path) => (read_config(path)?, path.display().to_string()),
+        None => (FileConfig::default(), "a --config file".to_owned()),
+    };
+    let brokers = a
+        .brokers
+        .clone()
+        .or(file.kafka.bootstrap_servers.clone())
+        .filter(|b| !b.trim().is_empty())
+        .ok_or_else(|| {
+            bad(format!(
+                "no Kafka brokers: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}"
+            ))
+        })?;
+    let mut kafka = KafkaConfig::new(brokers);
+    kafka.settings = flatten(&file.kafka.settings, &origin, "kafka.settings")?;
+    let input = a
+        .input_topic
+        .clone()
+        .or(file.topics.input.clone())
+        .unwrap_or_else(|| TOPIC_MAIL.to_owned());
+    let classified = a
+        .classified_topic
+        .clone()
+        .or(file.topics.classified.clone())
+        .unwrap_or_else(|| TOPIC_CLASSIFIED.to_owned());
+    if a.group.is_some() && a.stage == Stage::All {
+        return Err(bad(
+            "--group (RETAIN_GROUP) names one stage's group; with `all` set [classifier] group and [scheduler] group in the configuration file",
+        ));
+    }
+
+    let classifier = matches!(a.stage, Stage::Classifier | Stage::All).then(|| {
+        let mut c = ClassifierConfig::new(kafka.clone()).with_topics(&input, &classified);
+        if let Some(g) = a.group.clone().or(file.classifier.group.clone()) {
+            c.group_id = g;
+        }
+        if let Some(n) = file.classifier.max_in_flight {
+            c.max_in_flight = n;
+        }
+        c
+    });
+    if classifier.as_ref().is_some_and(|c| c.max_in_flight == 0) {
+        return Err(bad(format!(
+            "{origin}: classifier.max-in-flight must be at least 1"
+        )));
+    }
+
+    let scheduler = if matches!(a.stage, Stage::Scheduler | Stage::All) {
+        let location = a
+            .lake
+            .clone()
+            .or(file.lake.location.clone())
+            .filter(|l| !l.trim().is_empty())
+            .ok_or_else(|| {
+                bad(format!(
+                    "the scheduler needs a table location: set --lake, RETAIN_LAKE or [lake] location in {origin}"
+                ))
+            })?;
+        let mut s = SchedulerConfig::new(kafka, location).with_topics(&classified, &input);
+        s.storage_options = flatten(&file.lake.storage, &origin, "lake.storage")?
+            .into_iter()
+            .collect::<HashMap<_, _>>();
+        if let Some(g) = a.group.clone().or(file.scheduler.group.clone()) {
+            s.group_id = g;
+        }
+        let f = &file.scheduler;
+        for (key, value) in [
+            ("max-rows", f.max_rows.map(|n| n as u64)),
+            ("max-latency-ms", f.max_latency_ms),
+            ("max-bytes", f.max_bytes.map(|n| n as u64)),
+        ] {
+            if value == Some(0) {
+                return Err(bad(format!("{origin}: scheduler.{key} must be at least 1")));
+            }
+        }
+        if let Some(n) = f.max_rows {
+            s.flush.max_rows = n;
+        }
+        if let Some(ms) = f.max_latency_ms {
+            s.flush.max_latency = Duration::from_millis(ms);
+        }
+        if let Some(n) = f.max_bytes {
+            s.flush.max_bytes = n;
+        }
+        Some(s)
+    } else {
+        None
+    };
+    Ok(Resolved {
+        policy: a.policy.clone().or(file.policy),
+        classifier,
+        scheduler,
+    })
+}
+
+/// Parses the configuration file; errors name the file, the line and the field.
+fn read_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(format!(
+            "cannot read the configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        bad(format!("{}{line}: {}", path.display(), e.message().trim()))
+    })
+}
+
+/// A table of settings as `dotted.key = "text"` pairs: nested tables are joined with dots, numbers
+/// and booleans written as text. Values are never put into errors (they may be secrets).
+fn flatten(table: &toml::Table, origin: &str, section: &str) -> Result<BTreeMap<String, String>> {
+    fn walk(
+        prefix: &str,
+        table: &toml::Table,
+        out: &mut BTreeMap<String, String>,
+    ) -> std::result::Result<(), String> {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Table(t) => {
+                    walk(&key, t, out)?;
+                    continue;
+                }
+                toml::Value::Datetime(_) | toml::Value::Array(_) => return Err(key),
+            };
+            out.insert(key, text);
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out).map_err(|key| {
+        bad(format!(
+            "{origin}: {section}.{key} must be a string, number or boolean"
+        ))
+    })?;
+    Ok(out)
+}
+
+/// What one stage task ended with.
+enum Outcome {
+    Classifier(retain_stream::Result<ClassifierStats>),
+    Scheduler(retain_stream::Result<SchedulerStats>),
+}
+
+async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCode> {
+    let stop = CancellationToken::new();
+    let mut stages = JoinSet::new();
+    if let Some(c) = r.classifier {
+        eprintln!(
+            "classifier: {} -> {} (group {}) on {}",
+            c.input_topic, c.output_topic, c.group_id, c.kafka.bootstrap_servers
+        );
+        let run = Classifier::new(c, Arc::clone(&policy)).run(stop.clone());
+        stages.spawn(async move { Outcome::Classifier(run.await) });
+    }
+    if let Some(s) = r.scheduler {
+        eprintln!(
+            "scheduler: {} -> records table (group {}) on {}; facts: none",
+            s.input_topic, s.group_id, s.kafka.bootstrap_servers
+        );
+        // No facts source is wired yet: records are scheduled on what the mail itself says.
+        let run = Scheduler::new(s, Arc::clone(&policy), Arc::new(NoFacts)).run(stop.clone());
+        stages.spawn(async move { Outcome::Scheduler(run.await) });
+    }
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut first = None;
+    tokio::select! {
+        name = &mut signal => {
+            eprintln!("{}; stopping after the current landing (again to exit at once)", name?);
+        }
+        done = stages.join_next() => first = done,
+    }
+    stop.cancel();
+    // A second signal ends the process at once; whatever was not landed is read again later.
+    tokio::spawn(async {
+        if shutdown_signal().await.is_ok() {
+            eprintln!("stopped without waiting");
+            std::process::exit(1);
+        }
+    });
+
+    let mut failure = None;
+    let mut outcomes = Vec::new();
+    if let Some(done) = first {
+        outcomes.push(done);
+    }
+    while let Some(done) = stages.join_next().await {
+        outcomes.push(done);
+    }
+    for done in outcomes {
+        match done.context("a stage panicked")? {
+            Outcome::Classifier(Ok(s)) => outln!(
+                "classifier: {} read, {} classified, {} dead-lettered, {} commits",
+                s.consumed,
+                s.classified,
+                s.dead_lettered,
+                s.commits
+            ),
+            Outcome::Scheduler(Ok(s)) => outln!(
+                "scheduler: {} read, {} rows landed in {} landings, {} duplicates dropped, {} re-deliveries skipped, {} dead-lettered",
+                s.consumed,
+                s.rows_landed,
+                s.landings,
+                s.duplicates,
+                s.redelivered,
+                s.dead_lettered
+            ),
+            Outcome::Classifier(Err(e)) => {
+                failure.get_or_insert(anyhow::Error::new(e).context("the classifier failed"));
+            }
+            Outcome::Scheduler(Err(e)) => {
+                failure.get_or_insert(anyhow::Error::new(e).context("the scheduler failed"));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and names it.
+#[cfg(unix)]
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = int.recv() => Ok("SIGINT"),
+    }
+}
+
+/// Waits for Ctrl-C.
+#[cfg(not(unix))]
+async fn shutdown_signal() -> Result<&'static str> {
+    tokio::signal::ctrl_c()
+        .await
+        .context("listening for Ctrl-C")?;
+    Ok("Ctrl-C")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn the_deploy_example_parses_and_settings_flatten() {
+        let text = include_str!("../../../deploy/retain.toml");
+        let c = parse(text).expect("deploy/retain.toml parses");
+        let s = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap();
+        assert!(s.keys().all(|k| !k.is_empty()));
+        let c =
+            parse("[kafka.settings]\nsession.timeout.ms = 6000\n\"security.protocol\" = \"SSL\"\n")
+                .unwrap();
+        let s = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap();
+        assert_eq!(s["session.timeout.ms"], "6000");
+        assert_eq!(s["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = parse("[scheduler]\nmax-row = 5\n").unwrap_err();
+        assert!(e.message().contains("max-row"), "{e}");
+        assert!(parse("[kafka]\nbootstrap_servers = \"x\"\n").is_err());
+    }
+}
