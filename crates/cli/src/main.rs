@@ -17,6 +17,7 @@ macro_rules! outln {
 
 mod demo;
 mod generate;
+mod import;
 mod output;
 mod policy_cmd;
 mod policy_demo;
@@ -45,6 +46,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Write synthetic healthcare mail metadata (JSON Lines of explain cases).
     Generate(generate::GenerateArgs),
+    /// Read maildir/mbox/.eml files and produce them as Avro MailMessages to Kafka.
+    Import(import::ImportArgs),
     /// Check, explain and try out retention policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Import(args) => import::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Run(args) => run::run(args),
     };

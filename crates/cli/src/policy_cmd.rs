@@ -337,18 +337,7 @@ pub fn classify_paths(
                 }),
             }
         }
-        let w = ctx.warnings.snapshot();
-        for (k, v) in [
-            ("implausible_date", w.implausible_date),
-            ("unparseable_date", w.unparseable_date),
-            ("missing_date", w.missing_date),
-            ("missing_message_id", w.missing_message_id),
-            ("implausible_received", w.implausible_received),
-        ] {
-            if v > 0 {
-                *s.warnings.entry(k.to_owned()).or_default() += v;
-            }
-        }
+        add_warnings(&ctx, &mut s.warnings);
     }
     pb.finish_and_clear();
     s.custodians = custodians.len();
@@ -356,7 +345,24 @@ pub fn classify_paths(
     Ok(s)
 }
 
-fn skip_reason(e: &retain_mail::Error) -> String {
+/// Adds the header warnings a reading context counted (fields left empty) to `into`.
+pub fn add_warnings(ctx: &MessageContext, into: &mut BTreeMap<String, u64>) {
+    let w = ctx.warnings.snapshot();
+    for (k, v) in [
+        ("implausible_date", w.implausible_date),
+        ("unparseable_date", w.unparseable_date),
+        ("missing_date", w.missing_date),
+        ("missing_message_id", w.missing_message_id),
+        ("implausible_received", w.implausible_received),
+    ] {
+        if v > 0 {
+            *into.entry(k.to_owned()).or_default() += v;
+        }
+    }
+}
+
+/// The short reason a file was skipped (`empty`, `binary`, `no_header_block`, ...).
+pub fn skip_reason(e: &retain_mail::Error) -> String {
     match e {
         retain_mail::Error::NotAMessage { reason, .. } => reason.as_str().to_owned(),
         other => other.to_string(),

@@ -723,3 +723,179 @@ mod run {
         assert!(!err.contains("hunter2"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `retain import`: the Enron sample to a topic on an embedded broker in the test process.
+
+mod import {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use retain_broker::EmbeddedBroker;
+    use retain_codec::{SchemaRegistry, decode_mail_message};
+
+    use super::{corpus, retain, stderr};
+
+    fn sum(v: &serde_json::Value) -> u64 {
+        v.as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    }
+
+    fn corpus_or_skip() -> Option<std::path::PathBuf> {
+        let c = corpus();
+        assert!(
+            c.is_some() || std::env::var_os("CI").is_none(),
+            "CI must have the Enron sample"
+        );
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn imports_the_enron_sample_once_per_message() {
+        let Some(corpus) = corpus_or_skip() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let broker = EmbeddedBroker::start(&dir.path().join("broker"))
+            .await
+            .unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let topic = format!("import.test.{nanos}");
+        broker.create_topic(&topic, 3).await.unwrap();
+        let brokers = broker.bootstrap_servers();
+
+        let args = [
+            "import".to_owned(),
+            corpus.to_str().unwrap().to_owned(),
+            "--brokers".to_owned(),
+            brokers.clone(),
+            "--topic".to_owned(),
+            topic.clone(),
+            "--format".to_owned(),
+            "json".to_owned(),
+        ];
+        let o = tokio::task::spawn_blocking(move || {
+            retain(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["produced"], 1702, "{v}");
+        assert_eq!(v["messages"], 1702);
+        assert_eq!(sum(&v["skipped"]), 1703);
+        assert_eq!(v["failed"].as_array().unwrap().len(), 0, "{v}");
+        assert_eq!(v["delivery_failed"], 0);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains('@'), "no addresses or message ids: {out}");
+        eprintln!(
+            "imported {} messages at {:.0} messages/s",
+            v["produced"],
+            v["messages_per_second"].as_f64().unwrap()
+        );
+
+        // Read it back: every key arrives, and the payloads are MailMessages with that id.
+        let keys = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "import-test")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..3 {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
+            let registry = SchemaRegistry::new();
+            let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+            let mut decoded = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while keys.len() < 1702 {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} distinct keys after 60 s",
+                    keys.len()
+                );
+                let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let m = m.unwrap();
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                if decoded < 25 {
+                    let message = decode_mail_message(m.payload().unwrap(), &registry).unwrap();
+                    assert_eq!(message.message_id, key);
+                    assert_eq!(message.tenant, "default");
+                    decoded += 1;
+                }
+                *keys.entry(key).or_default() += 1;
+            }
+            keys
+        })
+        .await
+        .unwrap();
+        assert_eq!(keys.len(), 1702);
+
+        // A topic that does not exist is a bad argument, not 1,702 delivery timeouts.
+        let brokers = broker.bootstrap_servers();
+        let o = tokio::task::spawn_blocking(move || {
+            retain(&[
+                "import",
+                "docs",
+                "--brokers",
+                &brokers,
+                "--topic",
+                "no.such.topic",
+            ])
+        })
+        .await
+        .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("no.such.topic"), "{}", stderr(&o));
+        broker.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn dry_run_needs_no_brokers_and_bad_arguments_exit_2() {
+        if let Some(corpus) = corpus_or_skip() {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_retain"))
+                .args([
+                    "import",
+                    corpus.to_str().unwrap(),
+                    "--dry-run",
+                    "--format",
+                    "json",
+                ])
+                .current_dir(super::root())
+                .env_remove("RETAIN_BROKERS")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["messages"], 1702);
+            assert_eq!(v["produced"], 0);
+            assert_eq!(sum(&v["skipped"]), 1703);
+            assert_eq!(v["dry_run"], true);
+        }
+        let no_brokers = std::process::Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(["import", "docs"])
+            .current_dir(super::root())
+            .env_remove("RETAIN_BROKERS")
+            .output()
+            .unwrap();
+        assert_eq!(no_brokers.status.code(), Some(2), "{}", stderr(&no_brokers));
+        let o = retain(&["import", "/nonexistent/mail", "--dry-run"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let o = retain(&["import", "docs", "--dry-run", "--framing", "confluent"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+}
