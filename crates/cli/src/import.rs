@@ -20,7 +20,7 @@ use retain_mail::{MailSource, MailboxRule, MessageContext};
 use serde::Serialize;
 
 use crate::output::{BadInput, count, spinner};
-use crate::policy_cmd::{Problem, add_warnings, skip_reason};
+use crate::policy_cmd::{Problem, add_warnings, render_read_problems, skip_reason};
 
 /// Deliveries awaited before more are queued (below librdkafka's queue limit).
 const MAX_IN_FLIGHT: usize = 50_000;
@@ -337,27 +337,7 @@ fn render(s: &ImportSummary) -> String {
             s.messages_per_second
         );
     }
-    if !s.warnings.is_empty() {
-        let w: Vec<String> = s.warnings.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(out, "header warnings (field left empty): {}", w.join(", "));
-    }
-    if !s.skipped.is_empty() {
-        let total: u64 = s.skipped.values().sum();
-        let w: Vec<String> = s
-            .skipped
-            .iter()
-            .map(|(k, v)| format!("{k} {}", count(*v)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "skipped {} files that are not e-mail: {}",
-            count(total),
-            w.join(", ")
-        );
-        for p in &s.skipped_files {
-            let _ = writeln!(out, "  skipped {}: {}", p.at, p.reason);
-        }
-    }
+    render_read_problems(&mut out, &s.warnings, &s.skipped, &s.skipped_files);
     // Delivery failures beyond the first few are counted, not listed.
     let listed = s.delivery_failed.min(MAX_LISTED_DELIVERY_FAILURES as u64);
     let failed = s.failed.len() as u64 - listed + s.delivery_failed;

@@ -449,14 +449,30 @@ pub fn render_summary(s: &ClassifySummary, policy: &Policy) -> String {
         .collect();
     let _ = writeln!(out, "\nretention (no facts given): {}", status.join(", "));
     let _ = writeln!(out, "custodians: {}", count(s.custodians as u64));
-    if !s.warnings.is_empty() {
-        let w: Vec<String> = s.warnings.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    render_read_problems(&mut out, &s.warnings, &s.skipped, &s.skipped_files);
+    let _ = writeln!(out, "failed: {}", s.failed.len());
+    for p in &s.failed {
+        let _ = writeln!(out, "  {}: {}", p.at, p.reason);
+    }
+    out
+}
+
+/// The header warnings and skipped files of a read, for people (shared by `policy classify`
+/// and `import`).
+pub fn render_read_problems(
+    out: &mut String,
+    warnings: &BTreeMap<String, u64>,
+    skipped: &BTreeMap<String, u64>,
+    skipped_files: &[Problem],
+) {
+    use std::fmt::Write as _;
+    if !warnings.is_empty() {
+        let w: Vec<String> = warnings.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "header warnings (field left empty): {}", w.join(", "));
     }
-    if !s.skipped.is_empty() {
-        let total: u64 = s.skipped.values().sum();
-        let w: Vec<String> = s
-            .skipped
+    if !skipped.is_empty() {
+        let total: u64 = skipped.values().sum();
+        let w: Vec<String> = skipped
             .iter()
             .map(|(k, v)| format!("{k} {}", count(*v)))
             .collect();
@@ -466,13 +482,8 @@ pub fn render_summary(s: &ClassifySummary, policy: &Policy) -> String {
             count(total),
             w.join(", ")
         );
-        for p in &s.skipped_files {
+        for p in skipped_files {
             let _ = writeln!(out, "  skipped {}: {}", p.at, p.reason);
         }
     }
-    let _ = writeln!(out, "failed: {}", s.failed.len());
-    for p in &s.failed {
-        let _ = writeln!(out, "  {}: {}", p.at, p.reason);
-    }
-    out
 }
