@@ -15,6 +15,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($arg)*))) };
 }
 
+mod config;
 mod demo;
 mod generate;
 mod import;

@@ -1,24 +1,26 @@
 //! `retain run classifier|scheduler|all`: the long-lived streaming stages as a process.
 //!
-//! Settings are layered: built-in defaults < the `--config` file (TOML, `deploy/retain.toml`
-//! documents every key) < environment variables and flags. The chosen stage(s) run until SIGINT
+//! Settings are layered (crate::config): built-in defaults < the `--config` file (TOML,
+//! `deploy/retain.toml` documents every key) < `RETAIN__SECTION__KEY` variables < flags. The chosen stage(s) run until SIGINT
 //! or SIGTERM; a graceful stop cancels them, waits for the current landing and prints what each
 //! stage did. A second signal exits at once (exit 1): nothing is lost, the next run reads again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use retain_stream::{
-    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, KafkaConfig, NoFacts,
-    Scheduler, SchedulerConfig, SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL,
+    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, KafkaConfig, MetricsRegistry,
+    NoFacts, Scheduler, SchedulerConfig, SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL,
+    serve_metrics,
 };
-use serde::Deserialize;
 use tokio::task::JoinSet;
+
+use crate::config;
 
 use crate::output::BadInput;
 use crate::policy_cmd::load_policy;
@@ -63,71 +65,18 @@ pub struct RunArgs {
     /// `[scheduler] group`). Overrides the file.
     #[arg(long, env = "RETAIN_GROUP")]
     group: Option<String>,
-}
-
-/// The configuration file. Every key is optional; `deploy/retain.toml` documents them.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    /// A policy file, relative to the working directory.
-    policy: Option<PathBuf>,
-    #[serde(default)]
-    kafka: KafkaSection,
-    #[serde(default)]
-    lake: LakeSection,
-    #[serde(default)]
-    topics: TopicsSection,
-    #[serde(default)]
-    classifier: ClassifierSection,
-    #[serde(default)]
-    scheduler: SchedulerSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct KafkaSection {
-    bootstrap_servers: Option<String>,
-    /// librdkafka settings, passed through (dotted keys may be written bare or quoted).
-    #[serde(default)]
-    settings: toml::Table,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct LakeSection {
-    location: Option<String>,
-    /// Object-store options (may hold keys; never printed).
-    #[serde(default)]
-    storage: toml::Table,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct TopicsSection {
-    input: Option<String>,
-    classified: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ClassifierSection {
-    group: Option<String>,
-    max_in_flight: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct SchedulerSection {
-    group: Option<String>,
-    max_rows: Option<usize>,
-    max_latency_ms: Option<u64>,
-    max_bytes: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464). Overrides
+    /// `[metrics] listen`.
+    #[arg(long, value_name = "ADDR", env = "RETAIN_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Everything a run needs, resolved and validated.
 #[derive(Debug)]
 struct Resolved {
     policy: Option<PathBuf>,
+    /// Where `/metrics` is served, if anywhere.
+    metrics: Option<SocketAddr>,
     classifier: Option<ClassifierConfig>,
     scheduler: Option<SchedulerConfig>,
 }
@@ -149,10 +98,7 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
 
 /// Reads the file (if any) and layers the flags over it.
 fn resolve(a: &RunArgs) -> Result<Resolved> {
-    let (file, origin) = match &a.config {
-        Some(path) => (read_config(path)?, path.display().to_string()),
-        None => (FileConfig::default(), "a --config file".to_owned()),
-    };
+    let (file, origin) = config::load(a.config.as_deref(), std::env::vars())?;
     let brokers = a
         .brokers
         .clone()
@@ -216,23 +162,32 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
             s.group_id = g;
         }
         let f = &file.scheduler;
-        for (key, value) in [
-            ("max-rows", f.max_rows.map(|n| n as u64)),
-            ("max-latency-ms", f.max_latency_ms),
-            ("max-bytes", f.max_bytes.map(|n| n as u64)),
+        for (key, zero) in [
+            ("max-rows", f.max_rows == Some(0)),
+            ("max-latency", f.max_latency.is_some_and(|d| d.0.is_zero())),
+            ("max-bytes", f.max_bytes.is_some_and(|b| b.0 == 0)),
+            (
+                "target-file-size",
+                f.target_file_size.is_some_and(|b| b.0 == 0),
+            ),
         ] {
-            if value == Some(0) {
-                return Err(bad(format!("{origin}: scheduler.{key} must be at least 1")));
+            if zero {
+                return Err(bad(format!(
+                    "{origin}: scheduler.{key} must be more than 0"
+                )));
             }
         }
         if let Some(n) = f.max_rows {
             s.flush.max_rows = n;
         }
-        if let Some(ms) = f.max_latency_ms {
-            s.flush.max_latency = Duration::from_millis(ms);
+        if let Some(d) = f.max_latency {
+            s.flush.max_latency = d.0;
         }
-        if let Some(n) = f.max_bytes {
-            s.flush.max_bytes = n;
+        if let Some(b) = f.max_bytes {
+            s.flush.max_bytes = usize::try_from(b.0).unwrap_or(usize::MAX);
+        }
+        if let Some(b) = f.target_file_size {
+            s.flush.target_file_size = b.0;
         }
         Some(s)
     } else {
@@ -240,25 +195,9 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
     };
     Ok(Resolved {
         policy: a.policy.clone().or(file.policy),
+        metrics: a.metrics_addr.or(file.metrics.listen),
         classifier,
         scheduler,
-    })
-}
-
-/// Parses the configuration file; errors name the file, the line and the field.
-fn read_config(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(format!(
-            "cannot read the configuration file {}: {e}",
-            path.display()
-        ))
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1))
-            .unwrap_or_default();
-        bad(format!("{}{line}: {}", path.display(), e.message().trim()))
     })
 }
 
@@ -309,12 +248,15 @@ enum Outcome {
 async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCode> {
     let stop = CancellationToken::new();
     let mut stages = JoinSet::new();
+    let mut registry = MetricsRegistry::new();
     if let Some(c) = r.classifier {
         eprintln!(
             "classifier: {} -> {} (group {}) on {}",
             c.input_topic, c.output_topic, c.group_id, c.kafka.bootstrap_servers
         );
-        let run = Classifier::new(c, Arc::clone(&policy)).run(stop.clone());
+        let classifier = Classifier::new(c, Arc::clone(&policy));
+        registry.register(classifier.metrics());
+        let run = classifier.run(stop.clone());
         stages.spawn(async move { Outcome::Classifier(run.await) });
     }
     if let Some(s) = r.scheduler {
@@ -323,8 +265,18 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
             s.input_topic, s.group_id, s.kafka.bootstrap_servers
         );
         // No facts source is wired yet: records are scheduled on what the mail itself says.
-        let run = Scheduler::new(s, Arc::clone(&policy), Arc::new(NoFacts)).run(stop.clone());
+        let scheduler = Scheduler::new(s, Arc::clone(&policy), Arc::new(NoFacts));
+        registry.register(scheduler.metrics());
+        let run = scheduler.run(stop.clone());
         stages.spawn(async move { Outcome::Scheduler(run.await) });
+    }
+    if let Some(addr) = r.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| bad(format!("cannot serve metrics on {addr}: {e}")))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        eprintln!("metrics: http://{local}/metrics");
+        tokio::spawn(serve_metrics(listener, registry, stop.clone()));
     }
 
     let signal = shutdown_signal();
@@ -410,28 +362,17 @@ async fn shutdown_signal() -> Result<&'static str> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> std::result::Result<FileConfig, toml::de::Error> {
-        toml::from_str(text)
-    }
-
     #[test]
-    fn the_deploy_example_parses_and_settings_flatten() {
-        let text = include_str!("../../../deploy/retain.toml");
-        let c = parse(text).expect("deploy/retain.toml parses");
-        let s = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap();
-        assert!(s.keys().all(|k| !k.is_empty()));
-        let c =
-            parse("[kafka.settings]\nsession.timeout.ms = 6000\n\"security.protocol\" = \"SSL\"\n")
-                .unwrap();
+    fn settings_flatten_to_dotted_keys() {
+        let c: config::FileConfig = toml::from_str(
+            "[kafka.settings]\nsession.timeout.ms = 6000\n\"security.protocol\" = \"SSL\"\n",
+        )
+        .unwrap();
         let s = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap();
         assert_eq!(s["session.timeout.ms"], "6000");
         assert_eq!(s["security.protocol"], "SSL");
-    }
-
-    #[test]
-    fn unknown_keys_are_refused() {
-        let e = parse("[scheduler]\nmax-row = 5\n").unwrap_err();
-        assert!(e.message().contains("max-row"), "{e}");
-        assert!(parse("[kafka]\nbootstrap_servers = \"x\"\n").is_err());
+        let c: config::FileConfig = toml::from_str("[kafka.settings]\nx = [1]\n").unwrap();
+        let e = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap_err();
+        assert!(e.to_string().contains("kafka.settings.x"), "{e}");
     }
 }

@@ -387,12 +387,18 @@ mod run {
 
     impl Stage {
         fn start(name: &str, stage: &str, env: &Env) -> Stage {
+            Stage::start_with(name, stage, env, &[])
+        }
+
+        /// [`start`](Self::start) with further environment variables.
+        fn start_with(name: &str, stage: &str, env: &Env, vars: &[(&str, &str)]) -> Stage {
             let log = env.dir.join(format!("{name}.log"));
             let out = std::fs::File::create(&log).unwrap();
             let err = out.try_clone().unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_retain"))
                 .args(["run", stage, "--config"])
                 .arg(&env.config)
+                .envs(vars.iter().copied())
                 .env("RETAIN_BROKERS", &env.brokers)
                 .env("RETAIN_LAKE", &env.table)
                 .env("RETAIN_LOG", "warn,librdkafka=error")
@@ -481,7 +487,7 @@ mod run {
                  session.timeout.ms = 3000\nheartbeat.interval.ms = 500\n\n\
                  [classifier]\nmax-in-flight = 100\n\n\
                  [lake]\nlocation = \"/nonexistent/overridden\"\n\n\
-                 [scheduler]\nmax-rows = {max_rows}\nmax-latency-ms = 200\n"
+                 [scheduler]\nmax-rows = {max_rows}\nmax-latency = \"200ms\"\n"
             ),
         )
         .unwrap();
@@ -661,7 +667,19 @@ mod run {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let (broker, env) = setup(dir.path(), 100).await;
-        let mut a = Stage::start("scheduler-a", "scheduler", &env);
+        // Scheduler a serves /metrics, set through RETAIN__ variables (librdkafka statistics
+        // every 500 ms so the lag gauge is filled quickly).
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut a = Stage::start_with(
+            "scheduler-a",
+            "scheduler",
+            &env,
+            &[
+                ("RETAIN__METRICS__LISTEN", &listen),
+                ("RETAIN__KAFKA__SETTINGS__STATISTICS_INTERVAL_MS", "500"),
+            ],
+        );
         let mut b = Stage::start("scheduler-b", "scheduler", &env);
         let mut classifier = Stage::start("classifier", "classifier", &env);
         produce(&env.brokers, 0, N as usize).await;
@@ -672,7 +690,8 @@ mod run {
             &mut [&mut a, &mut b, &mut classifier],
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let metrics = http_get(&listen, "/metrics");
         let mut landed = Vec::new();
         for s in [a, b] {
             let (code, out) = s.terminate();
@@ -693,11 +712,60 @@ mod run {
             landed.iter().all(|&n| n > 0),
             "both schedulers landed rows: {landed:?}"
         );
+        // What a's /metrics said before it stopped is what it printed when it stopped.
+        let sample = |name: &str| -> Option<i64> {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        assert_eq!(
+            sample("retain_landed_rows_total{stage=\"scheduler\"}"),
+            Some(landed[0]),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample("retain_buffered_rows{stage=\"scheduler\"}"),
+            Some(0),
+            "{metrics}"
+        );
+        assert!(sample("retain_flush_duration_seconds_count{stage=\"scheduler\"}").unwrap() >= 1);
+        assert!(
+            metrics.contains(
+                "retain_consumer_lag{stage=\"scheduler\",topic=\"retain.classified\",partition="
+            ),
+            "{metrics}"
+        );
         broker.shutdown().await.unwrap();
         eprintln!(
             "two schedulers landed {landed:?} in {:?}",
             started.elapsed()
         );
+    }
+
+    /// A loopback port nothing listens on (a tiny race with other processes is accepted).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// The body of `GET path` from `addr` over HTTP/1.1; panics on any other status than 200.
+    fn http_get(addr: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        body.to_owned()
     }
 
     #[test]
@@ -706,14 +774,14 @@ mod run {
         let path = dir.path().join("retain.toml");
         std::fs::write(
             &path,
-            "[kafka]\nbootstrap-servers = \"localhost:9092\"\n\n[scheduler]\nmax-latency = \"5s\"\n",
+            "[kafka]\nbootstrap-servers = \"localhost:9092\"\n\n[scheduler]\nmax-latency-ms = 5000\n",
         )
         .unwrap();
         let o = super::retain(&["run", "scheduler", "--config", path.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         let err = stderr(&o);
         assert!(err.contains("retain.toml:5"), "{err}");
-        assert!(err.contains("max-latency"), "{err}");
+        assert!(err.contains("max-latency-ms"), "{err}");
 
         std::fs::write(&path, "[kafka.settings]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
         let o = super::retain(&["run", "all", "--config", path.to_str().unwrap()]);

@@ -52,6 +52,10 @@ pub struct Landed {
     pub rows_skipped: usize,
     /// Commit attempts made (1 unless a concurrent writer advanced the same partitions first).
     pub attempts: u32,
+    /// Parquet files written by the commit.
+    pub files_written: usize,
+    /// Their total size in bytes (what the flush policy's target file size is measured by).
+    pub bytes_written: u64,
     /// The committed next offset of every requested partition after the call.
     pub offsets: BTreeMap<i32, i64>,
 }
@@ -281,18 +285,34 @@ impl RecordsTable {
                     rows_landed: 0,
                     rows_skipped: plan.skipped,
                     attempts,
+                    files_written: 0,
+                    bytes_written: 0,
                     offsets: plan.offsets,
                 });
             }
             let rows = plan.kept.num_rows();
             match self.commit(&state, app_id, plan.kept, plan.txns).await {
-                Ok(version) => {
-                    info!(version, rows, skipped = plan.skipped, attempts, "landed");
+                Ok(Committed {
+                    version,
+                    files,
+                    bytes,
+                }) => {
+                    info!(
+                        version,
+                        rows,
+                        files,
+                        bytes,
+                        skipped = plan.skipped,
+                        attempts,
+                        "landed"
+                    );
                     return Ok(Landed {
                         version: Some(version),
                         rows_landed: rows,
                         rows_skipped: plan.skipped,
                         attempts,
+                        files_written: files,
+                        bytes_written: bytes,
                         offsets: plan.offsets,
                     });
                 }
@@ -434,7 +454,7 @@ impl RecordsTable {
         app_id: &str,
         rows: RecordBatch,
         txns: Vec<Transaction>,
-    ) -> std::result::Result<u64, CommitError> {
+    ) -> std::result::Result<Committed, CommitError> {
         let n = rows.num_rows();
         let mut actions = Vec::new();
         if n > 0 {
@@ -445,6 +465,13 @@ impl RecordsTable {
             actions.extend(adds.into_iter().map(Action::Add));
         }
         let files = actions.len();
+        let bytes = actions
+            .iter()
+            .map(|a| match a {
+                Action::Add(add) => u64::try_from(add.size).unwrap_or(0),
+                _ => 0,
+            })
+            .sum();
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             .with_metadata([(
@@ -466,8 +493,20 @@ impl RecordsTable {
             .map_err(CommitError::Delta)?;
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
-        Ok(version)
+        Ok(Committed {
+            version,
+            files,
+            bytes,
+        })
     }
+}
+
+/// What a successful commit wrote.
+#[derive(Debug, Clone, Copy)]
+struct Committed {
+    version: u64,
+    files: usize,
+    bytes: u64,
 }
 
 /// Why a commit attempt failed: writing the files, or the log commit itself.
@@ -583,7 +622,7 @@ fn validate_marks(app_id: &str, marks: &[TxnMark<'_>]) -> Result<()> {
 }
 
 /// The URL without user name or password.
-fn redact(url: &Url) -> String {
+pub(crate) fn redact(url: &Url) -> String {
     let mut u = url.clone();
     if !u.username().is_empty() || u.password().is_some() {
         let _ = u.set_username("");
@@ -593,7 +632,7 @@ fn redact(url: &Url) -> String {
 }
 
 /// A location for messages: URLs lose their credentials, paths are kept.
-fn redact_location(location: &str) -> String {
+pub(crate) fn redact_location(location: &str) -> String {
     match Url::parse(location) {
         Ok(u) if u.scheme().len() > 1 => redact(&u),
         _ => location.to_owned(),
@@ -719,7 +758,7 @@ mod tests {
             .commit(&stale, "app", empty, vec![Transaction::new("app-1", 7)])
             .await
             .expect("no conflict across partitions");
-        assert_eq!(version, 2);
+        assert_eq!(version.version, 2);
         assert_eq!(
             a.committed_offsets("app", [0, 1, 2]).await.unwrap(),
             BTreeMap::from([(0, 5), (1, 7)])

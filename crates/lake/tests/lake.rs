@@ -190,6 +190,15 @@ async fn lands_classified_records_and_reads_them_back_with_datafusion() -> Resul
     assert_eq!(landed.version, Some(1));
     assert_eq!((landed.rows_landed, landed.rows_skipped), (4, 0));
     assert_eq!(landed.offsets, BTreeMap::from([(0, 2), (1, 2)]));
+    // What the landing says it wrote is what is on disk.
+    let parquet: Vec<u64> = std::fs::read_dir(dir.path().join("records"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .map(|e| e.metadata().map(|m| m.len()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(landed.files_written, parquet.len());
+    assert!(landed.files_written >= 1);
+    assert_eq!(landed.bytes_written, parquet.iter().sum::<u64>());
     drop(table);
 
     // A fresh handle (as after a restart) reads the rows back through DataFusion.

@@ -19,10 +19,13 @@ use tracing::{debug, info, instrument, warn};
 use crate::config::ClassifierConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::kafka::{
-    Backoff, consumer_config, dead_letter_headers, partition_count, producer_config,
+    Backoff, StatsContext, consumer_config, dead_letter_headers, partition_count, producer_config,
 };
+use crate::metrics::StageMetrics;
 
-/// What a classifier run did.
+type MailConsumer = StreamConsumer<StatsContext>;
+
+/// What a classifier run did (read from its [`StageMetrics`] when it stops).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClassifierStats {
     /// Input records read.
@@ -35,6 +38,17 @@ pub struct ClassifierStats {
     pub commits: u64,
 }
 
+impl From<&StageMetrics> for ClassifierStats {
+    fn from(m: &StageMetrics) -> Self {
+        ClassifierStats {
+            consumed: m.consumed.get(),
+            classified: m.produced.get(),
+            dead_lettered: m.dead_lettered.get(),
+            commits: m.commits.get(),
+        }
+    }
+}
+
 /// The classifier stage: consumes `MailMessage`s, produces `ClassifiedRecord`s to the same
 /// partition number, commits input offsets only after every produced record is acknowledged.
 #[derive(Debug)]
@@ -42,6 +56,7 @@ pub struct Classifier {
     config: ClassifierConfig,
     policy: Arc<Policy>,
     registry: SchemaRegistry,
+    metrics: Arc<StageMetrics>,
 }
 
 /// What one input record becomes.
@@ -57,7 +72,13 @@ impl Classifier {
             config,
             policy,
             registry: SchemaRegistry::new(),
+            metrics: Arc::new(StageMetrics::new("classifier")),
         }
+    }
+
+    /// The stage's counters, live while it runs (register them to serve `/metrics`).
+    pub fn metrics(&self) -> Arc<StageMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs until `shutdown` is cancelled (then returns what it did) or a bug or
@@ -70,8 +91,9 @@ impl Classifier {
             topic: c.input_topic.clone(),
             source,
         };
-        let consumer: StreamConsumer = consumer_config(&c.kafka, &c.group_id)
-            .create()
+        let context = StatsContext::new(&c.input_topic, Arc::clone(&self.metrics));
+        let consumer: MailConsumer = consumer_config(&c.kafka, &c.group_id)
+            .create_with_context(context)
             .map_err(|e| kafka("create consumer", e))?;
         let producer: FutureProducer = producer_config(&c.kafka)
             .create()
@@ -82,7 +104,7 @@ impl Classifier {
             .map_err(|e| kafka("subscribe", e))?;
         info!(input = %c.input_topic, output = %c.output_topic, group = %c.group_id, "classifier started");
 
-        let mut stats = ClassifierStats::default();
+        let m = &self.metrics;
         let mut backoff = Backoff::new();
         loop {
             let Some(chunk) = self.next_chunk(&consumer, &shutdown, &mut backoff).await? else {
@@ -91,7 +113,7 @@ impl Classifier {
             let mut deliveries = Vec::with_capacity(chunk.len());
             let mut next = BTreeMap::new();
             for msg in &chunk {
-                stats.consumed += 1;
+                m.consumed.inc();
                 let out = self.classify(msg)?;
                 let dead = matches!(out, Outgoing::Dead(_));
                 deliveries.push((msg.offset(), dead, self.send(&producer, msg, out).await?));
@@ -102,7 +124,7 @@ impl Classifier {
                 let acked = tokio::select! {
                     () = shutdown.cancelled() => {
                         info!("stopping with deliveries outstanding; they will be read again");
-                        return Ok(stats);
+                        return Ok(ClassifierStats::from(&**m));
                     }
                     acked = delivery => acked,
                 };
@@ -112,8 +134,8 @@ impl Classifier {
                     &c.output_topic
                 };
                 match acked {
-                    Ok(Ok(_)) if dead => stats.dead_lettered += 1,
-                    Ok(Ok(_)) => stats.classified += 1,
+                    Ok(Ok(_)) if dead => m.dead_lettered.inc(),
+                    Ok(Ok(_)) => m.produced.inc(),
                     Ok(Err((source, m))) => {
                         return Err(Error::Delivery {
                             topic: topic.clone(),
@@ -133,8 +155,9 @@ impl Classifier {
                 }
             }
             self.commit(&consumer, &next)?;
-            stats.commits += 1;
+            m.commits.inc();
         }
+        let stats = ClassifierStats::from(&**m);
         info!(?stats, "classifier stopped");
         Ok(stats)
     }
@@ -143,7 +166,7 @@ impl Classifier {
     /// keeps its partition number); retries while the broker is away.
     async fn check_partitions(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &MailConsumer,
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let c = &self.config;
@@ -178,7 +201,7 @@ impl Classifier {
     /// `shutdown` is cancelled.
     async fn next_chunk(
         &self,
-        consumer: &StreamConsumer,
+        consumer: &MailConsumer,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Option<Vec<OwnedMessage>>> {
@@ -335,7 +358,7 @@ impl Classifier {
     /// Commits the input's next offsets (asynchronously: a lost commit only means a replay,
     /// which the scheduler drops by lineage).
     #[instrument(skip_all, fields(topic = %self.config.input_topic, partitions = next.len()))]
-    fn commit(&self, consumer: &StreamConsumer, next: &BTreeMap<i32, i64>) -> Result<()> {
+    fn commit(&self, consumer: &MailConsumer, next: &BTreeMap<i32, i64>) -> Result<()> {
         let topic = &self.config.input_topic;
         let mut tpl = TopicPartitionList::with_capacity(next.len());
         for (&p, &o) in next {

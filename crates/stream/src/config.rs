@@ -98,12 +98,19 @@ impl ClassifierConfig {
 }
 
 /// When the scheduler lands what it has buffered: whichever limit is reached first.
+///
+/// Memory is bounded by `max_rows` and `max_bytes` (the stage stops reading while it lands;
+/// librdkafka's pre-fetch queue is bounded separately, see `docs/operations.md`); file sizes by
+/// `target_file_size`; freshness by `max_latency`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushPolicy {
     /// Rows in the buffer.
     pub max_rows: usize,
-    /// Encoded input bytes in the buffer (approximate: the Avro payloads' sizes).
+    /// Encoded input bytes in the buffer (the Avro payloads' sizes).
     pub max_bytes: usize,
+    /// The Parquet file a landing would write, estimated from the bytes per row of the last
+    /// landing (before the first one, from the encoded input bytes, which are larger).
+    pub target_file_size: u64,
     /// Time since the first unlanded record was read.
     pub max_latency: Duration,
 }
@@ -111,9 +118,46 @@ pub struct FlushPolicy {
 impl Default for FlushPolicy {
     fn default() -> Self {
         FlushPolicy {
-            max_rows: 10_000,
-            max_bytes: 16 << 20,
+            max_rows: 50_000,
+            max_bytes: 32 << 20,
+            target_file_size: 64 << 20,
             max_latency: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a buffer is landed now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// `max_rows` reached.
+    Rows,
+    /// `max_bytes` reached.
+    Bytes,
+    /// The estimated file reached `target_file_size`.
+    FileSize,
+}
+
+impl FlushPolicy {
+    /// Whether a buffer of `rows` rows and `bytes` encoded input bytes is due for landing by
+    /// size; `bytes_per_row` is what the last landing wrote per row, if there was one.
+    pub fn due_by_size(
+        &self,
+        rows: usize,
+        bytes: usize,
+        bytes_per_row: Option<f64>,
+    ) -> Option<FlushReason> {
+        let estimated_file = match bytes_per_row {
+            Some(b) => rows as f64 * b,
+            None => bytes as f64,
+        };
+        if rows >= self.max_rows {
+            Some(FlushReason::Rows)
+        } else if bytes >= self.max_bytes {
+            Some(FlushReason::Bytes)
+        } else if rows > 0 && estimated_file >= self.target_file_size as f64 {
+            Some(FlushReason::FileSize)
+        } else {
+            None
         }
     }
 }
@@ -180,6 +224,31 @@ mod tests {
         let s = SchedulerConfig::new(KafkaConfig::new("localhost:9092"), "/tmp/t");
         assert_eq!(s.dead_letter_topic, "retain.classified.dlq");
         assert_ne!(s.app_id, s.lineage_app_id);
+    }
+
+    #[test]
+    fn flushes_at_the_first_limit_reached() {
+        let f = FlushPolicy {
+            max_rows: 100,
+            max_bytes: 10_000,
+            target_file_size: 5_000,
+            max_latency: Duration::from_secs(1),
+        };
+        assert_eq!(f.due_by_size(0, 0, None), None);
+        assert_eq!(f.due_by_size(100, 0, Some(1.0)), Some(FlushReason::Rows));
+        assert_eq!(
+            f.due_by_size(10, 10_000, Some(1.0)),
+            Some(FlushReason::Bytes)
+        );
+        // Before a landing, the encoded input stands in for the file size.
+        assert_eq!(f.due_by_size(10, 4_999, None), None);
+        assert_eq!(f.due_by_size(10, 5_000, None), Some(FlushReason::FileSize));
+        // After one, the bytes per row it wrote do.
+        assert_eq!(f.due_by_size(49, 9_000, Some(100.0)), None);
+        assert_eq!(
+            f.due_by_size(50, 100, Some(100.0)),
+            Some(FlushReason::FileSize)
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Kafka plumbing shared by the stages: client settings, dead-letter headers, metadata checks
 //! and back-off.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::metrics::StageMetrics;
 
 /// Dead-letter header: why the record was dead-lettered (never a value from it).
 pub const HEADER_ERROR: &str = "retain.error";
@@ -22,7 +24,9 @@ pub const HEADER_SOURCE_OFFSET: &str = "retain.source.offset";
 /// How long a metadata request, seek or similar control call may take.
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Consumer settings: manual commits, offsets stored by the stage, earliest when unknown.
+/// Consumer settings: manual commits, offsets stored by the stage, earliest when unknown; a
+/// 16 MiB pre-fetch queue (librdkafka's default is 64 MiB: the bound on what a stage holds
+/// before it asks for more); statistics every 5 s for the lag metric.
 pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -31,7 +35,9 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConf
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.settings {
         c.set(k, v);
     }
@@ -47,12 +53,39 @@ pub(crate) fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("enable.gapless.guarantee", "true")
         .set("message.timeout.ms", "300000")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        // 64 MiB of unacknowledged records at most (librdkafka's default is 1 GiB); a full
+        // queue makes the classifier wait.
+        .set("queue.buffering.max.kbytes", "65536");
     for (k, v) in &kafka.settings {
         c.set(k, v);
     }
     c
 }
+
+/// A consumer's context: hands librdkafka's statistics (every `statistics.interval.ms`) to the
+/// stage's metrics as consumer lag.
+pub(crate) struct StatsContext {
+    topic: String,
+    metrics: Arc<StageMetrics>,
+}
+
+impl StatsContext {
+    pub(crate) fn new(topic: &str, metrics: Arc<StageMetrics>) -> Self {
+        StatsContext {
+            topic: topic.to_owned(),
+            metrics,
+        }
+    }
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.record_lag(&self.topic, &statistics);
+    }
+}
+
+impl ConsumerContext for StatsContext {}
 
 /// The headers of a dead letter read from `topic`/`partition`@`offset`.
 pub(crate) fn dead_letter_headers(

@@ -19,16 +19,20 @@ mod config;
 mod error;
 mod facts;
 mod kafka;
+mod metrics;
 mod scheduler;
 
 pub use classifier::{Classifier, ClassifierStats};
 pub use config::{
-    APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, GROUP_CLASSIFIER, GROUP_SCHEDULER,
-    KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
+    APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, FlushReason, GROUP_CLASSIFIER,
+    GROUP_SCHEDULER, KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use facts::{FactsSource, InMemoryFacts, Known, NoFacts, apply_facts};
 pub use kafka::{HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
+pub use metrics::{
+    Counter, FLUSH_BUCKETS, Histogram, MetricsRegistry, StageMetrics, serve_metrics,
+};
 pub use scheduler::{Scheduler, SchedulerStats};
 
 /// Re-exported so callers stop stages with the same token type.

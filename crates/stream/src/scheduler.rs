@@ -25,8 +25,9 @@ use crate::facts::{FactsSource, apply_facts};
 use crate::kafka::{
     Backoff, CONTROL_TIMEOUT, consumer_config, dead_letter_headers, producer_config,
 };
+use crate::metrics::StageMetrics;
 
-/// What a scheduler run did.
+/// What a scheduler run did (read from its [`StageMetrics`] when it stops).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
     /// Classified records read (after positioning).
@@ -44,6 +45,19 @@ pub struct SchedulerStats {
     pub landings: u64,
 }
 
+impl SchedulerStats {
+    fn read(m: &StageMetrics, redelivered: u64) -> Self {
+        SchedulerStats {
+            consumed: m.consumed.get(),
+            rows_landed: m.landed_rows.get(),
+            duplicates: m.duplicates.get() - redelivered,
+            redelivered,
+            dead_lettered: m.dead_lettered.get(),
+            landings: m.landings.get(),
+        }
+    }
+}
+
 /// A partition assignment change, queued by the consumer context for the run loop.
 #[derive(Debug)]
 enum RebalanceEvent {
@@ -52,13 +66,18 @@ enum RebalanceEvent {
 }
 
 /// Queues rebalances; the run loop acts on them before the next record (reading the table is
-/// async, the callback is not).
+/// async, the callback is not). Hands librdkafka's statistics to the metrics as lag.
 struct Context {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    metrics: Arc<StageMetrics>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.record_lag(&self.topic, &statistics);
+    }
+}
 
 impl ConsumerContext for Context {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -157,7 +176,10 @@ impl Buffer {
 struct State {
     parts: BTreeMap<i32, Part>,
     buffer: Buffer,
-    stats: SchedulerStats,
+    /// Records skipped as fetched before a seek took effect (counted among the duplicates).
+    redelivered: u64,
+    /// Parquet bytes per row written by the last landing (the file-size estimate).
+    bytes_per_row: Option<f64>,
 }
 
 /// The scheduler stage: consumes `ClassifiedRecord`s, schedules them, lands batches in the
@@ -169,6 +191,7 @@ pub struct Scheduler {
     policy: Arc<Policy>,
     facts: Arc<dyn FactsSource>,
     registry: SchemaRegistry,
+    metrics: Arc<StageMetrics>,
 }
 
 impl Scheduler {
@@ -179,7 +202,13 @@ impl Scheduler {
             policy,
             facts,
             registry: SchemaRegistry::new(),
+            metrics: Arc::new(StageMetrics::new("scheduler")),
         }
+    }
+
+    /// The stage's counters, live while it runs (register them to serve `/metrics`).
+    pub fn metrics(&self) -> Arc<StageMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs until `shutdown` is cancelled (then lands what it buffered, once, and returns what
@@ -195,6 +224,7 @@ impl Scheduler {
         let context = Context {
             topic: c.input_topic.clone(),
             events: Mutex::new(Vec::new()),
+            metrics: Arc::clone(&self.metrics),
         };
         let consumer: ClassifiedConsumer = consumer_config(&c.kafka, &c.group_id)
             .create_with_context(context)
@@ -210,7 +240,8 @@ impl Scheduler {
         let mut state = State {
             parts: BTreeMap::new(),
             buffer: Buffer::new(),
-            stats: SchedulerStats::default(),
+            redelivered: 0,
+            bytes_per_row: None,
         };
         let mut backoff = Backoff::new();
         loop {
@@ -228,7 +259,8 @@ impl Scheduler {
                         self.rebalanced(&consumer, &mut table, &mut state, &shutdown).await?;
                         self.handle(&consumer, &producer, &mut table, &mut state, &msg).await?;
                         let b = &state.buffer;
-                        if b.rows >= c.flush.max_rows || b.bytes >= c.flush.max_bytes {
+                        if let Some(reason) = c.flush.due_by_size(b.rows, b.bytes, state.bytes_per_row) {
+                            debug!(?reason, rows = b.rows, bytes = b.bytes, "landing by size");
                             self.flush(&consumer, &mut table, &mut state, &shutdown).await?;
                         }
                     }
@@ -246,8 +278,9 @@ impl Scheduler {
         // Graceful stop: one landing attempt for what is buffered (retries end with `shutdown`).
         self.flush(&consumer, &mut table, &mut state, &shutdown)
             .await?;
-        info!(stats = ?state.stats, "scheduler stopped");
-        Ok(state.stats)
+        let stats = SchedulerStats::read(&self.metrics, state.redelivered);
+        info!(?stats, "scheduler stopped");
+        Ok(stats)
     }
 
     /// Opens (or creates) the table, retrying while storage is away.
@@ -293,6 +326,8 @@ impl Scheduler {
                         );
                     }
                     state.buffer = Buffer::new();
+                    self.metrics.buffered_rows.set(0);
+                    self.metrics.buffered_bytes.set(0);
                     state.parts.clear();
                 }
                 RebalanceEvent::Assigned(partitions) => {
@@ -375,22 +410,26 @@ impl Scheduler {
                     sought: true,
                 };
                 if table_next.is_some_and(|next| offset < next) {
-                    state.stats.redelivered += 1;
+                    state.redelivered += 1;
+                    self.metrics.duplicates.inc();
                 }
                 return Ok(());
             }
             if table_next.is_some_and(|next| offset < next) {
                 // Fetched before the seek took effect.
-                state.stats.redelivered += 1;
+                state.redelivered += 1;
+                self.metrics.duplicates.inc();
                 return Ok(());
             }
             part.position = Position::Running;
         }
-        state.stats.consumed += 1;
+        let m = &self.metrics;
+        m.consumed.inc();
         part.consumed = Some(offset + 1);
         let buffer = &mut state.buffer;
         buffer.since.get_or_insert_with(Instant::now);
         buffer.bytes += msg.payload_len();
+        m.buffered_bytes.set(buffer.bytes as u64);
 
         let record = match self.decode(msg) {
             Ok(r) => r,
@@ -409,7 +448,7 @@ impl Scheduler {
                 lineage_offset = record.lineage.offset,
                 "dropping a classifier replay: its lineage offset already landed"
             );
-            state.stats.duplicates += 1;
+            m.duplicates.inc();
             return Ok(());
         }
         let known = self.facts.lookup(&record.message);
@@ -433,6 +472,7 @@ impl Scheduler {
             Ok(row) => {
                 buffer.builder.push(&row);
                 buffer.rows += 1;
+                m.buffered_rows.set(buffer.rows as u64);
                 part.buffered_lineage = Some(record.lineage.offset + 1);
             }
             Err(e) if e.is_bad_input() => {
@@ -539,6 +579,7 @@ impl Scheduler {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         let c = &self.config;
+        let started = Instant::now();
         let moved: Vec<(i32, i64)> = state
             .parts
             .iter()
@@ -548,6 +589,9 @@ impl Scheduler {
             })
             .collect();
         let buffer = std::mem::replace(&mut state.buffer, Buffer::new());
+        let m = &self.metrics;
+        m.buffered_rows.set(0);
+        m.buffered_bytes.set(0);
         if moved.is_empty() && buffer.rows == 0 {
             return Ok(());
         }
@@ -618,11 +662,15 @@ impl Scheduler {
             }
             part.buffered_lineage = None;
         }
-        let s = &mut state.stats;
-        s.rows_landed += landed.rows_landed as u64;
-        s.duplicates += landed.rows_skipped as u64;
-        s.dead_lettered += dead_lettered;
-        s.landings += u64::from(landed.version.is_some());
+        m.landed_rows.add(landed.rows_landed as u64);
+        m.landed_bytes.add(landed.bytes_written);
+        m.duplicates.add(landed.rows_skipped as u64);
+        m.dead_lettered.add(dead_lettered);
+        m.landings.add(u64::from(landed.version.is_some()));
+        m.flush_seconds.observe(started.elapsed());
+        if landed.rows_landed > 0 && landed.bytes_written > 0 {
+            state.bytes_per_row = Some(landed.bytes_written as f64 / landed.rows_landed as f64);
+        }
         debug!(
             version = ?landed.version,
             rows = landed.rows_landed,

@@ -89,6 +89,8 @@ impl Pipeline {
         config.flush = FlushPolicy {
             max_rows: 400,
             max_bytes: 1 << 20,
+            // Small enough that landings are also cut by the estimated file size.
+            target_file_size: 24 << 10,
             max_latency: Duration::from_millis(300),
         };
         let facts: Arc<dyn retain_stream::FactsSource> = facts.clone();
