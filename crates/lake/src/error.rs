@@ -6,6 +6,7 @@
 
 use deltalake::DeltaTableError;
 use deltalake::arrow::error::ArrowError;
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::kernel::transaction::TransactionError;
 
 /// Result with the lake crate's [`Error`].
@@ -139,6 +140,60 @@ pub enum Error {
         details: String,
     },
 
+    /// An audit entry cannot be appended (a bug in the caller: nothing was written).
+    #[error("audit entry {index} ({action}): `{field}` {reason}")]
+    AuditEntry {
+        /// The entry's position in the append request.
+        index: usize,
+        /// The entry's action code.
+        action: &'static str,
+        /// The field that is wrong.
+        field: &'static str,
+        /// What is wrong with it (never the value itself).
+        reason: String,
+    },
+
+    /// The audit table's recorded head entry is missing or duplicated: appending would fork or
+    /// extend a broken chain, so appends are refused until an operator has run verification.
+    #[error("cannot append to the audit table at {url} (version {version}): {reason}")]
+    AuditHead {
+        /// The table URL.
+        url: String,
+        /// The table version read.
+        version: u64,
+        /// What is wrong with the head.
+        reason: String,
+    },
+
+    /// Reading the audit table's rows failed.
+    #[error("cannot read the audit table at {url} (version {version}): {source}")]
+    AuditRead {
+        /// The table URL.
+        url: String,
+        /// The table version read.
+        version: u64,
+        /// What DataFusion said.
+        source: Box<DataFusionError>,
+    },
+
+    /// A stored audit row cannot be read (a null or unreadable value in a required column).
+    #[error(
+        "the audit table at {url} (version {version}) has an unreadable row{}: column `{column}` {reason}",
+        .seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
+    )]
+    AuditRow {
+        /// The table URL.
+        url: String,
+        /// The table version read.
+        version: u64,
+        /// The row's `seq`, when it could be read.
+        seq: Option<i64>,
+        /// The column.
+        column: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Arrow refused to build a batch (a bug in this crate).
     #[error("cannot build the `{table}` batch: {source}")]
     Arrow {
@@ -160,12 +215,16 @@ impl Error {
             | Error::ReadOffset { source, .. }
             | Error::WriteFiles { source, .. }
             | Error::Commit { source, .. } => delta_is_retryable(source),
+            Error::AuditRead { source, .. } => datafusion_is_retryable(source),
             Error::Location { .. }
             | Error::SchemaMismatch { .. }
             | Error::Record { .. }
             | Error::Request { .. }
             | Error::BatchSchema { .. }
-            | Error::Arrow { .. } => false,
+            | Error::Arrow { .. }
+            | Error::AuditEntry { .. }
+            | Error::AuditHead { .. }
+            | Error::AuditRow { .. } => false,
         }
     }
 
@@ -189,6 +248,15 @@ pub(crate) fn delta_is_retryable(e: &DeltaTableError) -> bool {
             TransactionError::ObjectStore { source } => object_store_is_retryable(source),
             _ => false,
         },
+        _ => false,
+    }
+}
+
+/// Whether a DataFusion read failed because storage did (worth retrying).
+fn datafusion_is_retryable(e: &DataFusionError) -> bool {
+    match e.find_root() {
+        DataFusionError::ObjectStore(source) => object_store_is_retryable(source),
+        DataFusionError::IoError(_) => true,
         _ => false,
     }
 }

@@ -1,4 +1,5 @@
-//! Retain's Delta Lake tables: the `records` table and exactly-once landing into it.
+//! Retain's Delta Lake tables: the `records` table and exactly-once landing into it, and the
+//! hash-chained `audit` table ([`AuditTable`], `docs/audit.md`).
 //!
 //! The scheduler consumer turns each classified, scheduled message into a [`RecordRow`], adds
 //! rows to a [`RecordBatchBuilder`] (Arrow builders, column by column), and lands the batch with
@@ -11,11 +12,16 @@
 //! This crate is a heavy leaf (deltalake, DataFusion, Arrow); the domain model and the policy
 //! engine do not depend on it.
 
+pub mod audit;
 mod batch;
 mod error;
 pub mod schema;
 mod table;
 
+pub use audit::{
+    AUDIT_TABLE, AUDIT_TXN_APP_ID, AppendReceipt, AuditAction, AuditEntry, AuditRecord, AuditTable,
+    BrokenLink, ChainHead, GENESIS_HASH, LinkProblem, VerifyReport, audit_batch, audit_schema,
+};
 pub use batch::{RecordBatchBuilder, RecordRow, record_key};
 pub use error::{Error, Result};
 pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};

@@ -1,0 +1,17 @@
+//! Holds and disposal over the lake: what a litigation hold covers, and which records are due.
+//!
+//! - [`HoldScope`]: custodians, dates, keywords, categories, patient references or a SQL
+//!   condition, compiled to one predicate over `records` columns.
+//! - [`HoldSet`]: the holds in force, compiled by DataFusion and evaluated on Arrow batches:
+//!   which holds cover a record ([`HoldSet::covering`]), which records are due
+//!   ([`HoldSet::due`]: scheduled, dated on or before the cut-off, covered by no hold).
+//!
+//! `docs/holds.md` describes the semantics.
+
+mod coverage;
+mod error;
+mod scope;
+
+pub use coverage::{CompiledHold, HoldSet, cutoff, dated_by};
+pub use error::{Error, Result};
+pub use scope::HoldScope;
