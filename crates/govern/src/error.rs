@@ -18,6 +18,15 @@ pub enum Error {
         /// Why (DataFusion's message, first line).
         reason: String,
     },
+    /// A request refused by the rules (a release without an approver, an unknown hold, ...).
+    #[error("refused: {reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A lake table could not be read or written.
+    #[error(transparent)]
+    Lake(Box<retain_lake::Error>),
     /// A query or evaluation failed.
     #[error("{doing}: {source}")]
     Query {
@@ -26,6 +35,16 @@ pub enum Error {
         /// The cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl Error {
+    /// Whether the caller's request or input is at fault (exit 2), not the system.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::Scope { .. } | Error::Predicate { .. } | Error::Refused { .. }
+        )
+    }
 }
 
 /// A result with [`Error`].

@@ -5,13 +5,21 @@
 //! - [`HoldSet`]: the holds in force, compiled by DataFusion and evaluated on Arrow batches:
 //!   which holds cover a record ([`HoldSet::covering`]), which records are due
 //!   ([`HoldSet::due`]: scheduled, dated on or before the cut-off, covered by no hold).
+//! - [`HoldsTable`]: the `holds` Delta table (create with a fence on `records`, release with an
+//!   approver other than the creator, list); [`preview`] counts what a scope would cover.
 //!
 //! `docs/holds.md` describes the semantics.
 
 mod coverage;
 mod error;
+mod holds;
+mod preview;
 mod scope;
 
 pub use coverage::{CompiledHold, HoldSet, cutoff, dated_by};
 pub use error::{Error, Result};
+pub use holds::{
+    HOLDS_FENCE, HOLDS_TABLE, Hold, HoldStatus, HoldsTable, NewHold, Release, holds_schema,
+};
+pub use preview::{Preview, covered_clause, preview};
 pub use scope::HoldScope;

@@ -426,3 +426,190 @@ fn unknown_counts_as_covered() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The `holds` table and previews against real Delta tables in a temporary folder.
+
+mod tables {
+    use std::collections::HashMap;
+
+    use retain_govern::{HOLDS_FENCE, HoldStatus, HoldsTable, NewHold, Release, preview};
+    use retain_lake::deltalake::arrow::array::RecordBatch;
+    use retain_lake::deltalake::kernel::Transaction;
+    use retain_lake::{RecordsTable, append_batch, records_schema};
+
+    use super::*;
+
+    async fn lake(recs: &[Rec]) -> Result<(tempfile::TempDir, RecordsTable, HoldsTable)> {
+        let dir = tempfile::tempdir()?;
+        let loc = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let mut records = RecordsTable::open_or_create(&loc("records"), HashMap::new()).await?;
+        let next = recs.iter().map(|r| r.id as i64 + 1).max().unwrap_or(0);
+        records
+            .land(batch(recs)?, "retain-lineage", &[(0, next)])
+            .await?;
+        let holds = HoldsTable::open_or_create(&loc("holds"), HashMap::new()).await?;
+        Ok((dir, records, holds))
+    }
+
+    fn recs() -> Vec<Rec> {
+        let mut rng = Rng(7);
+        let today = day(2026, 12, 4);
+        (0..60).map(|i| random_rec(&mut rng, i, today)).collect()
+    }
+
+    fn new_hold(scope: HoldScope) -> NewHold {
+        NewHold {
+            matter: "Smith v. General Hospital".into(),
+            reason: "complaint served".into(),
+            created_by: "counsel".into(),
+            scope,
+        }
+    }
+
+    #[tokio::test]
+    async fn preview_counts_what_the_reference_covers() -> Result<()> {
+        let recs = recs();
+        let (_dir, mut records, _) = lake(&recs).await?;
+        let scope = HoldScope {
+            custodians: vec!["alice".into(), "bob".into()],
+            keywords: vec!["raptor".into()],
+            ..HoldScope::default()
+        };
+        let p = preview(&mut records, &scope, 5).await?;
+        let expected: Vec<&Rec> = recs.iter().filter(|r| covers(&scope, r)).collect();
+        assert_eq!(p.records, expected.len() as u64);
+        assert!(p.records > 0, "the sample data has covered records");
+        assert_eq!(p.by_custodian.values().sum::<u64>(), p.records);
+        assert_eq!(p.by_category.values().sum::<u64>(), p.records);
+        assert_eq!(p.sample.len(), expected.len().min(5));
+        assert!(p.sample.windows(2).all(|w| w[0] < w[1]));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn holds_are_created_fenced_listed_and_released_only_with_an_approver() -> Result<()> {
+        let (_dir, mut records, mut holds) = lake(&recs()).await?;
+        let scope = HoldScope {
+            categories: vec!["clinical".into()],
+            ..HoldScope::default()
+        };
+        let now = Utc::now();
+        let before = records.fence_version(HOLDS_FENCE).await?;
+        assert_eq!(before, None);
+        let h = holds
+            .create(&mut records, new_hold(scope.clone()), now)
+            .await?;
+        assert!(h.id.starts_with("H-"), "{}", h.id);
+        assert_eq!(h.status, HoldStatus::Active);
+        // The fence on records names the holds table version that has the hold.
+        assert_eq!(
+            records.fence_version(HOLDS_FENCE).await?,
+            Some(holds.version() as i64)
+        );
+        let (active, set) = holds.active().await?;
+        assert_eq!(active.len(), 1);
+        assert_eq!(set.holds()[0].id, h.id);
+
+        // Bad scopes and missing fields are refused before anything is written.
+        let e = holds
+            .create(
+                &mut records,
+                new_hold(HoldScope {
+                    sql: Some("nope(".into()),
+                    ..HoldScope::default()
+                }),
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.is_bad_input(), "{e}");
+        let mut unnamed = new_hold(scope.clone());
+        unnamed.created_by = " ".into();
+        assert!(
+            holds
+                .create(&mut records, unnamed, now)
+                .await
+                .unwrap_err()
+                .is_bad_input()
+        );
+
+        let release = |by: &str, approver: &str, why: &str| Release {
+            released_by: by.into(),
+            approved_by: approver.into(),
+            justification: why.into(),
+        };
+        for (r, expected) in [
+            (release("counsel", "gc", ""), "justification"),
+            (release("counsel", "", "settled"), "approved"),
+            (release("paralegal", "Counsel", "settled"), "creator"),
+            (release("gc", "gc", "settled"), "the one releasing"),
+        ] {
+            let e = holds.release(&h.id, r, now).await.unwrap_err();
+            assert!(e.is_bad_input() && e.to_string().contains(expected), "{e}");
+        }
+        assert_eq!(holds.get(&h.id).await?.unwrap().status, HoldStatus::Active);
+        let released = holds
+            .release(
+                &h.id,
+                release("counsel", "general.counsel", "matter settled 2026-11-30"),
+                now,
+            )
+            .await?;
+        assert_eq!(released.status, HoldStatus::Released);
+        let again = holds
+            .release(&h.id, release("counsel", "general.counsel", "again"), now)
+            .await
+            .unwrap_err();
+        assert!(again.to_string().contains("already released"), "{again}");
+        let listed = holds.list().await?;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].release_approved_by.as_deref(),
+            Some("general.counsel")
+        );
+        assert_eq!(listed[0].scope, scope);
+        assert!(holds.active().await?.0.is_empty());
+        let unknown = holds
+            .release("H-0", release("a", "b", "c"), now)
+            .await
+            .unwrap_err();
+        assert!(unknown.to_string().contains("no hold H-0"), "{unknown}");
+        Ok(())
+    }
+
+    /// The window: a disposal that read `records` before a hold existed and commits its
+    /// deletes (with the holds fence) after the hold's fence is refused by Delta.
+    #[tokio::test]
+    async fn a_disposal_that_read_before_a_hold_cannot_commit_after_it() -> Result<()> {
+        let (dir, mut records, mut holds) = lake(&recs()).await?;
+        let location = dir.path().join("records").to_str().unwrap().to_owned();
+        // The disposal's view of records, read before the hold.
+        let mut stale = RecordsTable::open_or_create(&location, HashMap::new()).await?;
+        let fence_seen = stale.fence_version(HOLDS_FENCE).await?.unwrap_or(-1);
+        let mut stale_table = stale.delta_table().clone();
+        holds
+            .create(
+                &mut records,
+                new_hold(HoldScope {
+                    custodians: vec!["alice".into()],
+                    ..HoldScope::default()
+                }),
+                Utc::now(),
+            )
+            .await?;
+        let commit = append_batch(
+            &mut stale_table,
+            &location,
+            "retain-disposal",
+            RecordBatch::new_empty(records_schema()),
+            vec![Transaction::new(HOLDS_FENCE, fence_seen.max(0))],
+        )
+        .await;
+        assert!(
+            matches!(commit, Err(retain_lake::Error::Conflict { .. })),
+            "{commit:?}"
+        );
+        Ok(())
+    }
+}

@@ -36,13 +36,13 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, instrument, warn};
 
 use crate::error::{Error, Result, is_commit_race};
 use crate::schema::{UTC, schema_diff};
-use crate::table::{DEFAULT_MAX_ATTEMPTS, redact, redact_location, register_storage_handlers};
+use crate::table::{DEFAULT_MAX_ATTEMPTS, open_or_create_table, redact_location};
 
 /// The table's name (also written into the Delta metadata).
 pub const AUDIT_TABLE: &str = "audit";
@@ -735,46 +735,14 @@ impl AuditTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        register_storage_handlers();
-        let url = deltalake::ensure_table_uri(location).map_err(|source| Error::Location {
-            location: redact_location(location),
-            source: Box::new(source),
-        })?;
-        let shown = redact(&url);
-        let open_err = |source| Error::Open {
-            url: shown.clone(),
-            source: Box::new(source),
-        };
-        let mut table = DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.with_storage_options(storage_options).build())
-            .map_err(open_err)?;
-        if table
-            .verify_deltatable_existence()
-            .await
-            .map_err(open_err)?
-        {
-            table.load().await.map_err(open_err)?;
-        } else {
-            let created = table
-                .create()
-                .with_table_name(AUDIT_TABLE)
-                .with_comment("Retain audit trail: append-only, hash-chained (docs/audit.md)")
-                .with_columns(audit_delta_schema().fields().cloned())
-                .with_save_mode(SaveMode::Ignore)
-                .await;
-            match created {
-                Ok(t) => {
-                    info!(table = %shown, "created the audit table");
-                    table = t;
-                }
-                // Another process created it between the check and our commit: use theirs.
-                Err(e) if table.verify_deltatable_existence().await.unwrap_or(false) => {
-                    debug!(table = %shown, error = %e, "lost the race to create the table");
-                    table.load().await.map_err(open_err)?;
-                }
-                Err(e) => return Err(open_err(e)),
-            }
-        }
+        let (table, shown) = open_or_create_table(
+            location,
+            storage_options,
+            AUDIT_TABLE,
+            "Retain audit trail: append-only, hash-chained (docs/audit.md)",
+            audit_delta_schema().fields().cloned(),
+        )
+        .await?;
         let this = AuditTable {
             table,
             url: shown,

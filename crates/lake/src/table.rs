@@ -9,7 +9,7 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
@@ -102,6 +102,131 @@ struct Plan {
     offsets: BTreeMap<i32, i64>,
 }
 
+/// Opens the Delta table at `location` (a local path, `file://`, or `s3://` URL), creating it
+/// as `name` with `columns` (and a local directory) when there is none; a concurrent creator
+/// wins the race harmlessly. Returns the table and its URL with any credentials removed.
+pub async fn open_or_create_table(
+    location: &str,
+    storage_options: HashMap<String, String>,
+    name: &str,
+    comment: &str,
+    columns: impl IntoIterator<Item = StructField>,
+) -> Result<(DeltaTable, String)> {
+    register_storage_handlers();
+    let url = deltalake::ensure_table_uri(location).map_err(|source| Error::Location {
+        location: redact_location(location),
+        source: Box::new(source),
+    })?;
+    let shown = redact(&url);
+    let open_err = |source| Error::Open {
+        url: shown.clone(),
+        source: Box::new(source),
+    };
+    let mut table = DeltaTableBuilder::from_url(url)
+        .and_then(|b| b.with_storage_options(storage_options).build())
+        .map_err(open_err)?;
+    if table
+        .verify_deltatable_existence()
+        .await
+        .map_err(open_err)?
+    {
+        table.load().await.map_err(open_err)?;
+    } else {
+        let created = table
+            .create()
+            .with_table_name(name)
+            .with_comment(comment)
+            .with_columns(columns)
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => {
+                info!(table = %shown, name, "created a table");
+                table = t;
+            }
+            // Another process created it between the check and our commit: use theirs.
+            Err(e) if table.verify_deltatable_existence().await.unwrap_or(false) => {
+                debug!(table = %shown, error = %e, "lost the race to create the table");
+                table.load().await.map_err(open_err)?;
+            }
+            Err(e) => return Err(open_err(e)),
+        }
+    }
+    Ok((table, shown))
+}
+
+/// Appends `batch` to `table` in one commit with `txns` (application transactions: a
+/// concurrent commit carrying any of the same app ids makes this one fail with
+/// [`Error::Conflict`], which the caller retries after re-reading). `app_id` names the writer
+/// in the commit's metadata and in errors. On success the table is at the committed version.
+pub async fn append_batch(
+    table: &mut DeltaTable,
+    url: &str,
+    app_id: &str,
+    batch: RecordBatch,
+    txns: Vec<Transaction>,
+) -> Result<u64> {
+    let state = table
+        .snapshot()
+        .map_err(|source| Error::Open {
+            url: url.to_owned(),
+            source: Box::new(source),
+        })?
+        .clone();
+    let read_version = state.version();
+    let rows = batch.num_rows();
+    let mut actions = Vec::new();
+    if rows > 0 {
+        let files = |source| Error::WriteFiles {
+            url: url.to_owned(),
+            version: read_version,
+            source: Box::new(source),
+        };
+        let mut writer = RecordBatchWriter::for_table(table).map_err(files)?;
+        writer.write(batch).await.map_err(files)?;
+        let adds = writer.flush().await.map_err(files)?;
+        actions.extend(adds.into_iter().map(Action::Add));
+    }
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([(
+            "retain".to_owned(),
+            serde_json::json!({ "appId": app_id, "rows": rows, "files": actions.len() }),
+        )]);
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(
+            Some(&state as &dyn TableReference),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|source| {
+            if is_commit_race(&source) {
+                Error::Conflict {
+                    url: url.to_owned(),
+                    version: read_version,
+                    app_id: app_id.to_owned(),
+                    attempts: 1,
+                    source: Box::new(source),
+                }
+            } else {
+                Error::Commit {
+                    url: url.to_owned(),
+                    version: read_version,
+                    source: Box::new(source),
+                }
+            }
+        })?;
+    let version = finalized.version();
+    table.state = Some(finalized.snapshot());
+    Ok(version)
+}
+
 impl RecordsTable {
     /// Opens the `records` table at `location` (a local path, `file://`, or `s3://` URL),
     /// creating it (and a local directory) when there is none. `storage_options` are passed to
@@ -111,46 +236,14 @@ impl RecordsTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        register_storage_handlers();
-        let url = deltalake::ensure_table_uri(location).map_err(|source| Error::Location {
-            location: redact_location(location),
-            source: Box::new(source),
-        })?;
-        let shown = redact(&url);
-        let open_err = |source| Error::Open {
-            url: shown.clone(),
-            source: Box::new(source),
-        };
-        let mut table = DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.with_storage_options(storage_options).build())
-            .map_err(open_err)?;
-        if table
-            .verify_deltatable_existence()
-            .await
-            .map_err(open_err)?
-        {
-            table.load().await.map_err(open_err)?;
-        } else {
-            let created = table
-                .create()
-                .with_table_name(RECORDS_TABLE)
-                .with_comment("Retain records: one row per message copy, classified and scheduled")
-                .with_columns(records_delta_schema().fields().cloned())
-                .with_save_mode(SaveMode::Ignore)
-                .await;
-            match created {
-                Ok(t) => {
-                    info!(table = %shown, "created the records table");
-                    table = t;
-                }
-                // Another process created it between the check and our commit: use theirs.
-                Err(e) if table.verify_deltatable_existence().await.unwrap_or(false) => {
-                    debug!(table = %shown, error = %e, "lost the race to create the table");
-                    table.load().await.map_err(open_err)?;
-                }
-                Err(e) => return Err(open_err(e)),
-            }
-        }
+        let (table, shown) = open_or_create_table(
+            location,
+            storage_options,
+            RECORDS_TABLE,
+            "Retain records: one row per message copy, classified and scheduled",
+            records_delta_schema().fields().cloned(),
+        )
+        .await?;
         let this = RecordsTable {
             table,
             url: shown,
@@ -245,6 +338,61 @@ impl RecordsTable {
         offsets: &[(i32, i64)],
     ) -> Result<Landed> {
         self.land_with_marks(batch, app_id, offsets, &[]).await
+    }
+
+    /// Commits `{app_id}` = `version` as a `txn` action alone (no rows), unless the table
+    /// already has it at `version` or later; returns the table version that has it.
+    ///
+    /// A fence: a writer that read the table before this commit and commits the same app id
+    /// after it is refused as a conflict and must re-read. Holds use it so that a disposal
+    /// planned before a hold existed cannot delete what the hold covers (docs/holds.md).
+    pub async fn fence(&mut self, app_id: &str, version: i64) -> Result<u64> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.refresh().await?;
+            let state = self.state()?.clone();
+            let current = state
+                .transaction_version(self.table.log_store().as_ref(), app_id)
+                .await
+                .map_err(|source| Error::ReadOffset {
+                    url: self.url.clone(),
+                    version: state.version(),
+                    app_id: app_id.to_owned(),
+                    partition: -1,
+                    source: Box::new(source),
+                })?;
+            if current.is_some_and(|c| c >= version) {
+                return Ok(state.version());
+            }
+            let empty = RecordBatch::new_empty(records_schema());
+            let txn = vec![Transaction::new(app_id, version)];
+            match append_batch(&mut self.table, &self.url, app_id, empty, txn).await {
+                Ok(v) => return Ok(v),
+                Err(Error::Conflict { .. }) if attempts < self.max_attempts => {
+                    warn!(
+                        app_id,
+                        attempts, "a concurrent commit carried the same fence; re-reading"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The version of `{app_id}` (a `txn` action without a partition suffix), if any.
+    pub async fn fence_version(&mut self, app_id: &str) -> Result<Option<i64>> {
+        let state = self.state()?.clone();
+        state
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|source| Error::ReadOffset {
+                url: self.url.clone(),
+                version: state.version(),
+                app_id: app_id.to_owned(),
+                partition: -1,
+                source: Box::new(source),
+            })
     }
 
     /// [`land`](Self::land), and in the same Delta commit advance each of `marks` (a `txn` per
