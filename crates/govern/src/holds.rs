@@ -198,7 +198,7 @@ impl HoldsTable {
             }
         }
         let predicate = new.scope.to_predicate()?;
-        HoldSet::compile(&records_schema(), [("new", predicate.as_str())])?;
+        HoldSet::compile(&records_schema(), [("(new)", predicate.as_str())])?;
         let id = format!("H-{}-{}", now.format("%Y%m%d"), &uuid_tail(),);
         let hold = Hold {
             id,
@@ -361,13 +361,13 @@ fn query(doing: &str, e: impl std::error::Error + Send + Sync + 'static) -> Erro
 }
 
 /// Eight hex digits of a v7 UUID's random part.
-fn uuid_tail() -> String {
+pub(crate) fn uuid_tail() -> String {
     let u = uuid::Uuid::now_v7().simple().to_string();
     u[u.len() - 8..].to_owned()
 }
 
 /// Microsecond precision, as stored.
-fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 

@@ -8,15 +8,24 @@
 //! - [`HoldsTable`]: the `holds` Delta table (create with a fence on `records`, release with an
 //!   approver other than the creator, list); [`preview`] counts what a scope would cover.
 //!
-//! `docs/holds.md` describes the semantics.
+//! - [`Disposal`]: plan a manifest of what is due, approve it (someone else), execute it
+//!   (re-check under the holds fence, delete, tombstone, vacuum, certify); dry run by default.
+//!
+//! `docs/holds.md` and `docs/disposal.md` describe the semantics.
 
 mod coverage;
+mod disposal;
 mod error;
 mod holds;
 mod preview;
 mod scope;
 
 pub use coverage::{CompiledHold, HoldSet, cutoff, dated_by};
+pub use disposal::{
+    Certificate, CommandSink, DISPOSALS_TABLE, Disposal, DisposalsTable, Execution,
+    MANIFESTS_TABLE, Manifest, ManifestEntry, ManifestState, ManifestStatus, ManifestsTable,
+    disposals_schema, manifests_schema,
+};
 pub use error::{Error, Result};
 pub use holds::{
     HOLDS_FENCE, HOLDS_TABLE, Hold, HoldStatus, HoldsTable, NewHold, Release, holds_schema,

@@ -61,7 +61,7 @@ pub async fn preview(
     let predicate = scope.to_predicate()?;
     crate::HoldSet::compile(
         &retain_lake::records_schema(),
-        [("new", predicate.as_str())],
+        [("(new)", predicate.as_str())],
     )?;
     records
         .refresh()

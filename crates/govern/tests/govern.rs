@@ -612,4 +612,186 @@ mod tables {
         );
         Ok(())
     }
+
+    /// Plan → approve → a hold placed after planning → dry run → execute → execute again.
+    #[tokio::test]
+    async fn disposal_plans_approves_and_executes_with_holds_winning() -> Result<()> {
+        use retain_govern::{Disposal, DisposalsTable, ManifestsTable};
+
+        let recs = recs();
+        let (dir, mut records, mut holds) = lake(&recs).await?;
+        let loc = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let mut manifests =
+            ManifestsTable::open_or_create(&loc("manifests"), HashMap::new()).await?;
+        let mut disposals =
+            DisposalsTable::open_or_create(&loc("disposals"), HashMap::new()).await?;
+        let today = day(2026, 12, 4);
+        let clinical = HoldScope {
+            categories: vec!["clinical".into()],
+            ..HoldScope::default()
+        };
+        holds
+            .create(&mut records, new_hold(clinical.clone()), Utc::now())
+            .await?;
+
+        let mut d = Disposal::new(
+            &mut records,
+            &mut holds,
+            &mut manifests,
+            &mut disposals,
+            today,
+        );
+        // As of ten years ahead: the cut-off is still today.
+        let m = d
+            .plan(day(2036, 1, 1), "records.manager", Utc::now())
+            .await?
+            .expect("something is due");
+        assert_eq!(m.cutoff, today);
+        let expected: BTreeSet<String> = recs
+            .iter()
+            .filter(|r| {
+                r.status == RetentionStatus::Scheduled
+                    && r.retain_until.is_some_and(|u| u <= today)
+                    && !covers(&clinical, r)
+            })
+            .map(|r| {
+                retain_lake::record_key("default", r.mailbox, &format!("m{}@example.org", r.id))
+            })
+            .collect();
+        let planned: BTreeSet<String> = m.entries.iter().map(|e| e.record_key.clone()).collect();
+        assert_eq!(planned, expected);
+        assert_eq!(m.by_category.values().sum::<u64>(), m.entries.len() as u64);
+
+        // The planner cannot approve; someone else can; execution needs approval.
+        let e = d
+            .approve(&m.id, "Records.Manager", Utc::now())
+            .await
+            .unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("planner"), "{e}");
+        let e = d
+            .execute(&m.id, "cron", None, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not approved"), "{e}");
+        d.approve(&m.id, "compliance.officer", Utc::now()).await?;
+        drop(d);
+
+        // A hold placed after planning covers one planned record's custodian: it wins.
+        let victim = recs
+            .iter()
+            .find(|r| {
+                planned.contains(&retain_lake::record_key(
+                    "default",
+                    r.mailbox,
+                    &format!("m{}@example.org", r.id),
+                ))
+            })
+            .unwrap();
+        let late = HoldScope {
+            custodians: vec![victim.mailbox.to_owned()],
+            ..HoldScope::default()
+        };
+        holds
+            .create(&mut records, new_hold(late.clone()), Utc::now())
+            .await?;
+        let held_now: usize = m
+            .entries
+            .iter()
+            .filter(|e| {
+                recs.iter().any(|r| {
+                    r.mailbox == e.mailbox
+                        && covers(&late, r)
+                        && format!("m{}@example.org", r.id) == e.message_id
+                })
+            })
+            .count();
+        assert!(held_now >= 1);
+
+        let rows_before = count(&mut records).await?;
+        let mut d = Disposal::new(
+            &mut records,
+            &mut holds,
+            &mut manifests,
+            &mut disposals,
+            today,
+        );
+        let dry = d.execute(&m.id, "cron", None, Utc::now()).await?;
+        assert!(dry.dry_run && dry.certificate.is_none());
+        assert_eq!(dry.disposed.len() + held_now, m.entries.len());
+        drop(d);
+        assert_eq!(
+            count(&mut records).await?,
+            rows_before,
+            "a dry run deletes nothing"
+        );
+
+        let mut d = Disposal::new(
+            &mut records,
+            &mut holds,
+            &mut manifests,
+            &mut disposals,
+            today,
+        )
+        .for_real()
+        .with_grace(chrono::Duration::zero());
+        let done = d.execute(&m.id, "cron", None, Utc::now()).await?;
+        let cert = done.certificate.clone().expect("a certificate");
+        assert_eq!(cert.disposed as usize, m.entries.len() - held_now);
+        assert_eq!(cert.skipped_held as usize, held_now);
+        assert_eq!(cert.by_category.values().sum::<u64>(), cert.disposed);
+        assert_eq!(cert.approved_by, "compliance.officer");
+        assert!(cert.records_version_after > cert.records_version_before);
+        assert!(!cert.files_removed.is_empty());
+        for f in &cert.files_removed {
+            assert!(
+                !dir.path().join("records").join(f).exists(),
+                "{f} is gone from storage"
+            );
+        }
+        assert!(cert.to_markdown().contains("Certificate of destruction"));
+        // Executing again changes nothing and returns the same certificate.
+        let again = d.execute(&m.id, "cron", None, Utc::now()).await?;
+        assert_eq!(again.certificate.as_ref(), Some(&cert));
+        drop(d);
+        assert_eq!(
+            count(&mut records).await?,
+            rows_before - cert.disposed as i64
+        );
+        // What is left holds none of the disposed keys, and every held record survived.
+        let left = keys(&mut records).await?;
+        for e in &done.disposed {
+            assert!(!left.contains(&e.record_key));
+        }
+        let kept = m
+            .entries
+            .iter()
+            .filter(|e| left.contains(&e.record_key))
+            .count();
+        assert_eq!(kept, held_now);
+        Ok(())
+    }
+
+    async fn count(records: &mut RecordsTable) -> Result<i64> {
+        Ok(keys(records).await?.len() as i64)
+    }
+
+    async fn keys(records: &mut RecordsTable) -> Result<BTreeSet<String>> {
+        use retain_lake::deltalake::arrow::array::{Array as _, AsArray};
+        use retain_lake::deltalake::datafusion::prelude::SessionContext;
+        records.refresh().await?;
+        let ctx = SessionContext::new();
+        ctx.register_table("records", records.delta_table().table_provider().await?)?;
+        let batches = ctx
+            .sql("SELECT arrow_cast(record_key, 'Utf8') FROM records")
+            .await?
+            .collect()
+            .await?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| {
+                let k = b.column(0).as_string::<i32>().clone();
+                (0..k.len()).map(move |i| k.value(i).to_owned())
+            })
+            .collect())
+    }
 }

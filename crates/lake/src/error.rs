@@ -275,7 +275,7 @@ fn object_store_is_retryable(e: &deltalake::ObjectStoreError) -> bool {
 }
 
 /// Whether a commit failed because a concurrent commit won (re-read the offsets and retry).
-pub(crate) fn is_commit_race(e: &DeltaTableError) -> bool {
+pub fn is_commit_race(e: &DeltaTableError) -> bool {
     matches!(
         e,
         DeltaTableError::VersionAlreadyExists(_)

@@ -23,7 +23,7 @@ pub use audit::{
     BrokenLink, ChainHead, GENESIS_HASH, LinkProblem, VerifyReport, audit_batch, audit_schema,
 };
 pub use batch::{RecordBatchBuilder, RecordRow, record_key};
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_commit_race};
 pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};
 pub use table::{
     DEFAULT_MAX_ATTEMPTS, Landed, RecordsTable, TxnMark, append_batch, open_or_create_table,
