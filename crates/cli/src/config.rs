@@ -54,6 +54,8 @@ pub struct KafkaSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LakeSection {
     pub location: Option<String>,
+    /// The `audit` table; default: `location` with its last segment `records` made `audit`.
+    pub audit: Option<String>,
     /// Object-store options (may hold keys; never printed).
     #[serde(default)]
     pub storage: toml::Table,

@@ -183,8 +183,16 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         Classifier::new(ClassifierConfig::new(kafka.clone()), Arc::clone(&policy))
             .run(stop.clone()),
     );
+    let audit_location = lake
+        .join("audit")
+        .to_str()
+        .context("the lake path is not UTF-8")?
+        .to_owned();
+    crate::audit_cmd::policy_loaded(&audit_location, &Default::default(), &policy, "retain-demo")
+        .await?;
     let mut scheduler_config = SchedulerConfig::new(kafka, table_location.clone());
     scheduler_config.flush.max_latency = Duration::from_millis(500);
+    scheduler_config.audit_location = Some(audit_location);
     let scheduler = tokio::spawn(
         Scheduler::new(scheduler_config, Arc::clone(&policy), Arc::new(facts)).run(stop.clone()),
     );
@@ -436,6 +444,7 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         s.scheduler.produced_or_landed
     );
     outln!("\nNext:");
+    outln!("  retain audit verify --lake {}", s.lake);
     outln!(
         "  retain policy explain --input docs/examples/cases/co-minor-clinical.json --format text"
     );

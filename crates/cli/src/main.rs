@@ -15,9 +15,12 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::emit(&format!("{}\n", format!($($arg)*))) };
 }
 
+mod audit_cmd;
 mod config;
 mod demo;
+mod dispose_cmd;
 mod generate;
+mod hold_cmd;
 mod import;
 mod output;
 mod policy_cmd;
@@ -42,11 +45,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Verify and show the tamper-evident audit trail (the `audit` Delta table).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// The whole pipeline on embedded defaults: broker, generated mail, classifier, scheduler,
     /// Delta table in ./lake, and a summary.
     Demo(demo::DemoArgs),
+    /// Scheduled disposal: plan a manifest, approve it, execute it (dry run unless --for-real).
+    #[command(subcommand)]
+    Dispose(dispose_cmd::DisposeCommand),
     /// Write synthetic healthcare mail metadata (JSON Lines of explain cases).
     Generate(generate::GenerateArgs),
+    /// Litigation holds: create, preview, list, show, release.
+    #[command(subcommand)]
+    Hold(hold_cmd::HoldCommand),
     /// Read maildir/mbox/.eml files and produce them as Avro MailMessages to Kafka.
     Import(import::ImportArgs),
     /// Check, explain and try out retention policies.
@@ -68,8 +80,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Dispose(cmd) => dispose_cmd::run(cmd),
         Command::Generate(args) => generate::run(args),
+        Command::Hold(cmd) => hold_cmd::run(cmd),
         Command::Import(args) => import::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Run(args) => run::run(args),

@@ -154,7 +154,16 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
                     "the scheduler needs a table location: set --lake, RETAIN_LAKE or [lake] location in {origin}"
                 ))
             })?;
+        let audit = match file.lake.audit.clone().filter(|l| !l.trim().is_empty()) {
+            Some(a) => a,
+            None => crate::audit_cmd::sibling_audit(&location).ok_or_else(|| {
+                bad(format!(
+                    "the records table location `{location}` does not end in `records`, so the audit table cannot default to its sibling `audit`: set [lake] audit (RETAIN__LAKE__AUDIT) in {origin}"
+                ))
+            })?,
+        };
         let mut s = SchedulerConfig::new(kafka, location).with_topics(&classified, &input);
+        s.audit_location = Some(audit);
         s.storage_options = flatten(&file.lake.storage, &origin, "lake.storage")?
             .into_iter()
             .collect::<HashMap<_, _>>();
@@ -203,7 +212,11 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
 
 /// A table of settings as `dotted.key = "text"` pairs: nested tables are joined with dots, numbers
 /// and booleans written as text. Values are never put into errors (they may be secrets).
-fn flatten(table: &toml::Table, origin: &str, section: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn flatten(
+    table: &toml::Table,
+    origin: &str,
+    section: &str,
+) -> Result<BTreeMap<String, String>> {
     fn walk(
         prefix: &str,
         table: &toml::Table,
@@ -260,6 +273,10 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
         stages.spawn(async move { Outcome::Classifier(run.await) });
     }
     if let Some(s) = r.scheduler {
+        if let Some(audit) = &s.audit_location {
+            crate::audit_cmd::policy_loaded(audit, &s.storage_options, &policy, "retain-run")
+                .await?;
+        }
         eprintln!(
             "scheduler: {} -> records table (group {}) on {}; facts: none",
             s.input_topic, s.group_id, s.kafka.bootstrap_servers

@@ -292,6 +292,7 @@ fn demo_runs_the_pipeline_and_lands_every_message_once() {
     assert!(dir.path().join("lake/records/_delta_log").is_dir());
     assert!(!stderr(&o).contains("ERROR"), "{}", stderr(&o));
     other_engine_reads_the_same_table(&dir.path().join("lake/records"), &v);
+    audit_verifies_then_catches_a_tampered_entry(&dir.path().join("lake"), 300);
     // A second run replaces the demo lake instead of adding to it.
     let o = Command::new(env!("CARGO_BIN_EXE_retain"))
         .args(["demo", "-n", "100", "--json"])
@@ -315,6 +316,82 @@ fn demo_refuses_a_lake_it_did_not_make() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(dir.path().join("lake/keep.txt").exists());
+}
+
+/// `retain audit verify` on a lake whose scheduler landed `rows` rows: the chain is intact, one
+/// `records_landed` entry per landing (their rows add up, no version twice), a `policy_loaded`
+/// entry; after a Delta UPDATE of one entry's details, verify exits 1 naming its seq.
+fn audit_verifies_then_catches_a_tampered_entry(lake: &Path, rows: i64) {
+    let lake = lake.to_str().unwrap();
+    let o = retain(&["audit", "verify", "--lake", lake, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["intact"], true, "{v}");
+    assert!(v["actions"]["policy_loaded"].as_u64() >= Some(1), "{v}");
+    let head = v["head"].as_str().unwrap().to_owned();
+    let o = retain(&["audit", "show", "--lake", lake, "--limit", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let landed: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "records_landed")
+        .collect();
+    assert_eq!(
+        v["actions"]["records_landed"].as_u64(),
+        Some(landed.len() as u64)
+    );
+    let sum: i64 = landed
+        .iter()
+        .map(|e| e["details"]["rows"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, rows, "rows in the audit trail = rows landed");
+    let mut versions: Vec<i64> = landed
+        .iter()
+        .map(|e| e["table_version"].as_i64().unwrap())
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), landed.len(), "no landing audited twice");
+    let text = retain(&["audit", "verify", "--lake", lake]);
+    assert!(
+        stdout(&text).contains(&format!("head: {head}")),
+        "{}",
+        stdout(&text)
+    );
+
+    // Tamper: someone with write access to the storage rewrites one entry's details.
+    let seq = landed[0]["seq"].as_i64().unwrap();
+    let table = format!("{lake}/audit");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let t = retain_lake::AuditTable::open_or_create(&table, Default::default())
+            .await
+            .unwrap();
+        t.delta_table()
+            .clone()
+            .update()
+            .with_predicate(format!("seq = {seq}"))
+            .with_update("details", r#"'{"rows":1}'"#)
+            .await
+            .unwrap();
+    });
+    let o = retain(&["audit", "verify", "--lake", lake]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("BROKEN at seq {seq}: entry altered")),
+        "{}",
+        stdout(&o)
+    );
+    let o = retain(&["audit", "verify", "--table", &table, "--expect-head", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = retain(&["audit", "verify", "--lake", "/nonexistent/lake"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = retain(&["audit", "show", "--table", &format!("{lake}/records")]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "not an audit table: {}",
+        stderr(&o)
+    );
 }
 
 /// Python `deltalake` (delta-rs, installed by .ci/run) reads the demo's table: same row count,
@@ -653,6 +730,30 @@ mod run {
         assert_eq!(landed, N);
         assert_eq!(rows(&env.table).await, N);
         assert_eq!(distinct(&env.table).await, N);
+        // Landings whose scheduler was killed before their audit append were backfilled on the
+        // next start: every row is in the audit trail once.
+        let o = super::retain(&[
+            "audit",
+            "show",
+            "--lake",
+            env.dir.to_str().unwrap(),
+            "--limit",
+            "0",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let landed: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter(|e| e["action"] == "records_landed")
+            .collect();
+        let audited: i64 = landed
+            .iter()
+            .map(|e| e["details"]["rows"].as_i64().unwrap())
+            .sum();
+        assert_eq!(audited, N, "rows in the audit trail");
+        let o = super::retain(&["audit", "verify", "--lake", env.dir.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", super::stdout(&o));
         let replayed = classified(&env.brokers).await - N;
         broker.shutdown().await.unwrap();
         eprintln!(
@@ -965,5 +1066,260 @@ mod import {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         let o = retain(&["import", "docs", "--dry-run", "--framing", "confluent"]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `retain hold`: on a small demo lake.
+
+mod hold {
+    use std::process::{Command, Output};
+
+    use super::stderr;
+
+    fn retain_in(dir: &std::path::Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .output()
+            .unwrap()
+    }
+
+    fn json(o: &Output) -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    #[test]
+    fn holds_preview_create_list_release_and_audit_on_the_demo_lake() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let demo = json(&retain_in(d, &["demo", "-n", "200", "--json"]));
+        let clinical = demo["by_category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == "clinical")
+            .map(|p| p[1].as_u64().unwrap())
+            .expect("the demo lands clinical mail");
+
+        // Preview: what a category hold catches equals what the demo landed in that category.
+        let p = json(&retain_in(
+            d,
+            &[
+                "hold",
+                "preview",
+                "--category",
+                "clinical",
+                "--json",
+                "--sample",
+                "3",
+            ],
+        ));
+        assert_eq!(p["records"].as_u64(), Some(clinical));
+        assert_eq!(p["by_category"]["clinical"].as_u64(), Some(clinical));
+        assert_eq!(
+            p["sample"].as_array().unwrap().len(),
+            3.min(clinical as usize)
+        );
+
+        let created = json(&retain_in(
+            d,
+            &[
+                "hold",
+                "create",
+                "--matter",
+                "Doe v. Clinic",
+                "--reason",
+                "complaint served",
+                "--by",
+                "counsel",
+                "--category",
+                "clinical",
+                "--json",
+            ],
+        ));
+        assert_eq!(created["records_covered_now"].as_u64(), Some(clinical));
+        let id = created["hold"]["id"].as_str().unwrap().to_owned();
+        let listed = json(&retain_in(d, &["hold", "list", "--json"]));
+        assert_eq!(listed.as_array().unwrap().len(), 1);
+        assert_eq!(listed[0]["status"], "active");
+
+        // Disposal under the hold: plan -> approve (not the planner) -> dry run -> for real.
+        let today = chrono::Utc::now().date_naive().to_string();
+        let plan = json(&retain_in(
+            d,
+            &[
+                "dispose",
+                "plan",
+                "--as-of",
+                &today,
+                "--by",
+                "records.manager",
+                "--json",
+            ],
+        ));
+        let manifest = plan["manifest"].as_str().unwrap().to_owned();
+        let due = plan["records"].as_u64().unwrap();
+        assert!(due > 0, "the demo's old mail is due: {plan}");
+        assert_eq!(
+            plan["by_category"].get("clinical"),
+            None,
+            "held records are never planned"
+        );
+        let o = retain_in(
+            d,
+            &["dispose", "approve", &manifest, "--by", "records.manager"],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "the planner cannot approve: {}",
+            stderr(&o)
+        );
+        json(&retain_in(
+            d,
+            &[
+                "dispose",
+                "approve",
+                &manifest,
+                "--by",
+                "compliance",
+                "--json",
+            ],
+        ));
+        let dry = json(&retain_in(
+            d,
+            &["dispose", "execute", &manifest, "--by", "cron", "--json"],
+        ));
+        assert_eq!(dry["dry_run"], true);
+        let all = ["hold", "preview", "--sql", "TRUE", "--json"];
+        assert_eq!(json(&retain_in(d, &all))["records"].as_u64(), Some(200));
+        let done = json(&retain_in(
+            d,
+            &[
+                "dispose",
+                "execute",
+                &manifest,
+                "--by",
+                "cron",
+                "--for-real",
+                "--grace",
+                "0s",
+                "--certificate-dir",
+                "certs",
+                "--json",
+            ],
+        ));
+        let cert = &done["certificate"];
+        assert_eq!(cert["disposed"].as_u64(), Some(due));
+        assert_eq!(cert["approved_by"], "compliance");
+        assert!(!cert["files_removed"].as_array().unwrap().is_empty());
+        for f in cert["files_removed"].as_array().unwrap() {
+            assert!(!d.join("lake/records").join(f.as_str().unwrap()).exists());
+        }
+        assert!(d.join(format!("certs/{manifest}.md")).is_file());
+        assert_eq!(
+            json(&retain_in(d, &all))["records"].as_u64(),
+            Some(200 - due)
+        );
+        let p = json(&retain_in(
+            d,
+            &["hold", "preview", "--category", "clinical", "--json"],
+        ));
+        assert_eq!(
+            p["records"].as_u64(),
+            Some(clinical),
+            "every held record survived"
+        );
+        let o = retain_in(
+            d,
+            &[
+                "dispose",
+                "execute",
+                &manifest,
+                "--by",
+                "cron",
+                "--for-real",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "nothing left to do: {}",
+            stderr(&o)
+        );
+
+        // Release: refused (exit 2) without an approver other than the creator.
+        let o = retain_in(
+            d,
+            &[
+                "hold",
+                "release",
+                &id,
+                "--justification",
+                "settled",
+                "--approved-by",
+                "Counsel",
+                "--by",
+                "paralegal",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("creator"), "{}", stderr(&o));
+        let o = retain_in(
+            d,
+            &[
+                "hold", "create", "--matter", "m", "--reason", "r", "--by", "x",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "an empty scope is refused: {}",
+            stderr(&o)
+        );
+        let released = json(&retain_in(
+            d,
+            &[
+                "hold",
+                "release",
+                &id,
+                "--justification",
+                "settled",
+                "--approved-by",
+                "general.counsel",
+                "--by",
+                "counsel",
+                "--json",
+            ],
+        ));
+        assert_eq!(released["status"], "released");
+        assert_eq!(
+            json(&retain_in(d, &["hold", "list", "--json"])),
+            serde_json::json!([])
+        );
+        assert_eq!(
+            json(&retain_in(d, &["hold", "list", "--all", "--json"]))
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // Every step is in the audit trail, and the chain verifies.
+        let o = retain_in(d, &["audit", "verify"]);
+        assert!(o.status.success(), "{}{}", super::stdout(&o), stderr(&o));
+        let out = super::stdout(&o);
+        for action in [
+            "hold_created 1",
+            "hold_released 1",
+            "disposal_planned 1",
+            "disposal_approved 1",
+            "disposal_executed 1",
+        ] {
+            assert!(out.contains(action), "{action} in {out}");
+        }
     }
 }

@@ -302,6 +302,11 @@ impl<'a> Disposal<'a> {
         Ok(Some(manifest))
     }
 
+    /// Where manifest `id` stands, if it exists.
+    pub async fn status(&mut self, id: &str) -> Result<Option<ManifestStatus>> {
+        Ok(self.manifests.get(id).await?.map(|s| s.status))
+    }
+
     /// Approves manifest `id`: the approver must not be the planner; the content must be what
     /// was planned.
     pub async fn approve(

@@ -674,7 +674,6 @@ mod tables {
             .unwrap_err();
         assert!(e.to_string().contains("not approved"), "{e}");
         d.approve(&m.id, "compliance.officer", Utc::now()).await?;
-        drop(d);
 
         // A hold placed after planning covers one planned record's custodian: it wins.
         let victim = recs
@@ -718,7 +717,6 @@ mod tables {
         let dry = d.execute(&m.id, "cron", None, Utc::now()).await?;
         assert!(dry.dry_run && dry.certificate.is_none());
         assert_eq!(dry.disposed.len() + held_now, m.entries.len());
-        drop(d);
         assert_eq!(
             count(&mut records).await?,
             rows_before,
@@ -752,7 +750,6 @@ mod tables {
         // Executing again changes nothing and returns the same certificate.
         let again = d.execute(&m.id, "cron", None, Utc::now()).await?;
         assert_eq!(again.certificate.as_ref(), Some(&cert));
-        drop(d);
         assert_eq!(
             count(&mut records).await?,
             rows_before - cert.disposed as i64

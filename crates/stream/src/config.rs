@@ -185,6 +185,10 @@ pub struct SchedulerConfig {
     pub lineage_app_id: String,
     /// When to land.
     pub flush: FlushPolicy,
+    /// The `audit` table (path, `file://` or `s3://`, same storage options as the `records`
+    /// table) that gets one `records_landed` entry per landing, backfilled on start for
+    /// landings a crash left without one (`docs/audit.md`). `None`: no audit trail.
+    pub audit_location: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -201,6 +205,7 @@ impl SchedulerConfig {
             app_id: APP_SCHEDULER.to_owned(),
             lineage_app_id: APP_LINEAGE.to_owned(),
             flush: FlushPolicy::default(),
+            audit_location: None,
         }
     }
 

@@ -106,6 +106,13 @@ pub enum Error {
         #[from]
         source: retain_lake::Error,
     },
+
+    /// Opening, reading or appending to the `audit` table failed.
+    #[error("audit table: {source}")]
+    Audit {
+        /// What the lake crate said.
+        source: retain_lake::Error,
+    },
 }
 
 impl Error {
@@ -116,11 +123,13 @@ impl Error {
             Error::Kafka { source, .. } => kafka_kind(source),
             Error::Lake { source } if source.is_bad_input() => ErrorKind::BadInput,
             Error::Lake { source } if source.is_retryable() => ErrorKind::Unavailable,
+            Error::Audit { source } if source.is_retryable() => ErrorKind::Unavailable,
             Error::Delivery { .. }
             | Error::MissingTopic { .. }
             | Error::Partitions { .. }
             | Error::Codec { .. }
-            | Error::Lake { .. } => ErrorKind::Bug,
+            | Error::Lake { .. }
+            | Error::Audit { .. } => ErrorKind::Bug,
         }
     }
 }

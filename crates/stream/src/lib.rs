@@ -14,6 +14,7 @@
 //!
 //! `docs/architecture.md` walks through the exactly-once argument crash point by crash point.
 
+mod audit;
 mod classifier;
 mod config;
 mod error;
@@ -22,6 +23,7 @@ mod kafka;
 mod metrics;
 mod scheduler;
 
+pub use audit::BACKFILL_LOOKBACK;
 pub use classifier::{Classifier, ClassifierStats};
 pub use config::{
     APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, FlushReason, GROUP_CLASSIFIER,

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
+use crate::audit::LandingAudit;
 use crate::config::SchedulerConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::facts::{FactsSource, apply_facts};
@@ -180,6 +181,8 @@ struct State {
     redelivered: u64,
     /// Parquet bytes per row written by the last landing (the file-size estimate).
     bytes_per_row: Option<f64>,
+    /// The audit trail, when configured.
+    audit: Option<LandingAudit>,
 }
 
 /// The scheduler stage: consumes `ClassifiedRecord`s, schedules them, lands batches in the
@@ -221,6 +224,7 @@ impl Scheduler {
             source,
         };
         let mut table = self.open_table(&shutdown).await?;
+        let audit = self.open_audit(&table, &shutdown).await?;
         let context = Context {
             topic: c.input_topic.clone(),
             events: Mutex::new(Vec::new()),
@@ -242,6 +246,7 @@ impl Scheduler {
             buffer: Buffer::new(),
             redelivered: 0,
             bytes_per_row: None,
+            audit,
         };
         let mut backoff = Backoff::new();
         loop {
@@ -297,6 +302,40 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Opens the audit table (retrying while storage is away) and backfills entries for
+    /// landings a crash left without one. A backfill that fails because storage is away is
+    /// tried again on the next start; the stage runs on.
+    async fn open_audit(
+        &self,
+        table: &RecordsTable,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<LandingAudit>> {
+        let Some(location) = &self.config.audit_location else {
+            return Ok(None);
+        };
+        let mut backoff = Backoff::new();
+        let mut audit = loop {
+            match LandingAudit::open(&self.config, location).await {
+                Ok(a) => break a,
+                Err(e) if e.kind() == ErrorKind::Unavailable && !shutdown.is_cancelled() => {
+                    warn!(error = %e, "cannot open the audit table; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        match audit.backfill(table).await {
+            Ok(n) => {
+                info!(audit = %audit.url(), backfilled = n, "audit trail open");
+            }
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                warn!(error = %e, "cannot backfill the audit trail now; the next start will");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Some(audit))
     }
 
     /// Acts on queued rebalances: on revocation the buffer is dropped (the table, not this
@@ -653,6 +692,11 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         };
+        let lineage_before: BTreeMap<i32, i64> = state
+            .parts
+            .iter()
+            .filter_map(|(&p, part)| part.landed_lineage.map(|n| (p, n)))
+            .collect();
         for (&p, part) in &mut state.parts {
             if let Some(&(_, next)) = moved.iter().find(|(q, _)| *q == p) {
                 part.landed = Some(next);
@@ -678,6 +722,9 @@ impl Scheduler {
             dead_lettered,
             "landed"
         );
+        if let (Some(version), Some(audit)) = (landed.version, state.audit.as_mut()) {
+            audit.landed(table, version, lineage_before).await?;
+        }
         self.commit_lag(consumer, &moved);
         Ok(())
     }

@@ -45,6 +45,8 @@ struct Pipeline {
     input: String,
     classified: String,
     table: String,
+    /// The `audit` table beside `table` (used by schedulers started with an audit trail).
+    audit: String,
 }
 
 impl Pipeline {
@@ -58,12 +60,14 @@ impl Pipeline {
         broker.create_topic(&format!("{input}.dlq"), 1).await?;
         broker.create_topic(&format!("{classified}.dlq"), 1).await?;
         let table = location(dir.path());
+        let audit = dir.path().join("audit").to_str().expect("UTF-8").to_owned();
         Ok(Pipeline {
             _dir: dir,
             broker,
             input,
             classified,
             table,
+            audit,
         })
     }
 
@@ -84,6 +88,24 @@ impl Pipeline {
         facts: &Arc<InMemoryFacts>,
         stop: &CancellationToken,
     ) -> JoinHandle<retain_stream::Result<SchedulerStats>> {
+        self.scheduler_with(facts, stop, None)
+    }
+
+    /// A scheduler that keeps the audit trail in `self.audit`.
+    fn audited_scheduler(
+        &self,
+        facts: &Arc<InMemoryFacts>,
+        stop: &CancellationToken,
+    ) -> JoinHandle<retain_stream::Result<SchedulerStats>> {
+        self.scheduler_with(facts, stop, Some(self.audit.clone()))
+    }
+
+    fn scheduler_with(
+        &self,
+        facts: &Arc<InMemoryFacts>,
+        stop: &CancellationToken,
+        audit: Option<String>,
+    ) -> JoinHandle<retain_stream::Result<SchedulerStats>> {
         let mut config = SchedulerConfig::new(self.kafka(), self.table.clone())
             .with_topics(&self.classified, &self.input);
         config.flush = FlushPolicy {
@@ -93,6 +115,7 @@ impl Pipeline {
             target_file_size: 24 << 10,
             max_latency: Duration::from_millis(300),
         };
+        config.audit_location = audit;
         let facts: Arc<dyn retain_stream::FactsSource> = facts.clone();
         tokio::spawn(Scheduler::new(config, policy(), facts).run(stop.clone()))
     }
@@ -408,8 +431,10 @@ async fn a_scheduler_restart_and_a_classifier_replay_add_no_rows() -> Result<()>
     // ... and make the group's offsets useless: they are for lag only, the table says where to
     // start. A third scheduler must seek to the table's offsets.
     reset_group(&p, "retain-scheduler", &p.classified).await?;
+    // The schedulers so far kept no audit trail, as if each had crashed between its landings
+    // and their audit appends: this one backfills their entries on start.
     let stop_s2 = CancellationToken::new();
-    let second = p.scheduler(&facts, &stop_s2);
+    let second = p.audited_scheduler(&facts, &stop_s2);
     wait_rows(&p.table, N as i64).await?;
     eprintln!(
         "restart: first scheduler stopped at {midway} rows ({s1:?}), second crashed at {before_crash}; N={N} landed after {:?}",
@@ -450,6 +475,64 @@ async fn a_scheduler_restart_and_a_classifier_replay_add_no_rows() -> Result<()>
     );
     assert!(s2.duplicates >= N as u64, "replays dropped by lineage");
     assert_exactly(&p.table, total).await?;
+    assert_every_landing_audited_once(&p, total).await?;
+    Ok(())
+}
+
+/// The audit trail has exactly one `records_landed` entry per scheduler landing in the
+/// `records` log (some backfilled), their rows add up to `total`, and the chain verifies.
+async fn assert_every_landing_audited_once(p: &Pipeline, total: i64) -> Result<()> {
+    let mut landings = BTreeSet::new();
+    for f in std::fs::read_dir(Path::new(&p.table).join("_delta_log"))? {
+        let path = f?.path();
+        let Some(version) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.strip_suffix(".json")?.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)?;
+        if text.contains(r#""appId":"retain-lineage""#) {
+            landings.insert(version);
+        }
+    }
+    let mut audit = retain_lake::AuditTable::open_or_create(&p.audit, HashMap::new()).await?;
+    let report = audit.verify().await?;
+    ensure!(report.is_intact(), "{report:?}");
+    let landed: Vec<_> = audit
+        .entries()
+        .await?
+        .into_iter()
+        .filter(|e| e.action == "records_landed")
+        .collect();
+    let versions: Vec<i64> = landed.iter().filter_map(|e| e.table_version).collect();
+    let unique: BTreeSet<i64> = versions.iter().copied().collect();
+    ensure!(
+        versions.len() == unique.len(),
+        "no version twice: {versions:?}"
+    );
+    ensure!(
+        unique == landings,
+        "audited {unique:?}, landed {landings:?}"
+    );
+    let mut rows = 0;
+    let mut backfilled = 0;
+    for e in &landed {
+        let d: serde_json::Value = serde_json::from_str(&e.details)?;
+        rows += d["rows"].as_i64().context("rows")?;
+        backfilled += usize::from(d["backfilled"] == true);
+        ensure!(e.target == "records" && e.actor.starts_with("retain-scheduler"));
+    }
+    ensure!(rows == total, "audited rows {rows}, landed {total}");
+    ensure!(
+        backfilled >= 1 && backfilled < landed.len(),
+        "backfilled {backfilled} of {}",
+        landed.len()
+    );
+    eprintln!(
+        "audit: {} landings, {backfilled} backfilled, {rows} rows",
+        landed.len()
+    );
     Ok(())
 }
 
