@@ -72,13 +72,17 @@ pub(crate) struct Problem {
 }
 
 /// Checks that `datum` is exactly one well-formed value of `schema`.
-pub(crate) fn check(schema: &Schema, names: &Names, datum: &[u8]) -> Result<(), Problem> {
+pub(crate) fn check<'a>(
+    schema: &'a Schema,
+    names: &'a Names,
+    datum: &'a [u8],
+) -> Result<(), Problem> {
     let mut cursor = Cursor {
         buf: datum,
         pos: 0,
         names,
     };
-    let result = cursor.value(schema, &None, 0).and_then(|()| {
+    let result = cursor.value(schema, None, 0).and_then(|()| {
         let left = datum.len() - cursor.pos;
         if left == 0 {
             Ok(())
@@ -115,7 +119,7 @@ struct Cursor<'a> {
     names: &'a Names,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn left(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -168,13 +172,16 @@ impl Cursor<'_> {
         })
     }
 
-    /// A length or block count read at `at` that must fit in the bytes left.
-    fn len(&self, what: &str, n: i64, at: usize) -> Result<usize, Fail> {
+    /// A length or block count read at `at` that must fit in the bytes left. `what` and
+    /// `suffix` name it in the error (formatted only then: this runs for every string).
+    fn len(&self, what: &str, suffix: &str, n: i64, at: usize) -> Result<usize, Fail> {
         let left = self.left();
         let problem = match usize::try_from(n) {
             Ok(n) if n <= left => return Ok(n),
-            Ok(n) => format!("{what} {n} exceeds the {left} bytes left (truncated or corrupt)"),
-            Err(_) => format!("negative {what} {n}"),
+            Ok(n) => {
+                format!("{what}{suffix} {n} exceeds the {left} bytes left (truncated or corrupt)")
+            }
+            Err(_) => format!("negative {what}{suffix} {n}"),
         };
         Err(Fail {
             offset: at,
@@ -186,7 +193,7 @@ impl Cursor<'_> {
     fn bytes(&mut self, what: &str) -> Result<&[u8], Fail> {
         let start = self.pos;
         let n = self.long()?;
-        let n = self.len(&format!("{what} length"), n, start)?;
+        let n = self.len(what, " length", n, start)?;
         self.take(n, what)
     }
 
@@ -198,15 +205,27 @@ impl Cursor<'_> {
             // A negative count is followed by the block's size in bytes.
             let at = self.pos;
             let size = self.long()?;
-            self.len("block size", size, at)?;
+            self.len("block size", "", size, at)?;
             count.checked_neg().unwrap_or(i64::MAX)
         } else {
             count
         };
-        self.len("block count", count, start)
+        self.len("block count", "", count, start)
     }
 
-    fn value(&mut self, schema: &Schema, ns: &Namespace, depth: usize) -> Result<(), Fail> {
+    fn string(&mut self) -> Result<(), Fail> {
+        let start = self.pos;
+        let bytes = self.bytes("string")?;
+        if let Err(e) = std::str::from_utf8(bytes) {
+            self.pos = start;
+            return Err(self.fail(format!("string is not UTF-8 ({e})")));
+        }
+        Ok(())
+    }
+
+    /// Walks one value of `schema`; `ns` is the enclosing namespace (borrowed, not cloned: this
+    /// runs for every field of every record).
+    fn value(&mut self, schema: &'a Schema, ns: Option<&'a str>, depth: usize) -> Result<(), Fail> {
         if depth > MAX_DEPTH {
             return Err(self.fail(format!("nested deeper than {MAX_DEPTH} levels")));
         }
@@ -233,15 +252,7 @@ impl Cursor<'_> {
             Schema::Float => self.take(4, "float").map(drop),
             Schema::Double => self.take(8, "double").map(drop),
             Schema::Bytes | Schema::BigDecimal | Schema::Uuid => self.bytes("bytes").map(drop),
-            Schema::String => {
-                let start = self.pos;
-                let bytes = self.bytes("string")?;
-                if let Err(e) = std::str::from_utf8(bytes) {
-                    self.pos = start;
-                    return Err(self.fail(format!("string is not UTF-8 ({e})")));
-                }
-                Ok(())
-            }
+            Schema::String => self.string(),
             Schema::Fixed(f) => self.take(f.size, "fixed").map(drop),
             Schema::Duration => self.take(12, "duration").map(drop),
             Schema::Decimal(d) => self.value(&d.inner, ns, depth + 1),
@@ -299,7 +310,7 @@ impl Cursor<'_> {
                     }
                     for _ in 0..count {
                         // Keys are named by position: they may be content.
-                        self.value(&Schema::String, ns, depth + 1)
+                        self.string()
                             .and_then(|()| self.value(&m.types, ns, depth + 1))
                             .map_err(|mut f| {
                                 f.path.push(format!("[{index}]"));
@@ -310,9 +321,15 @@ impl Cursor<'_> {
                 }
             }
             Schema::Record(r) => {
-                let inner = r.name.fully_qualified_name(ns).namespace;
+                // As `Name::fully_qualified_name`: the record's own namespace, else a non-empty
+                // enclosing one.
+                let inner = r
+                    .name
+                    .namespace
+                    .as_deref()
+                    .or_else(|| ns.filter(|ns| !ns.is_empty()));
                 for field in &r.fields {
-                    self.value(&field.schema, &inner, depth + 1)
+                    self.value(&field.schema, inner, depth + 1)
                         .map_err(|mut f| {
                             f.path.push(field.name.clone());
                             f
@@ -321,11 +338,10 @@ impl Cursor<'_> {
                 Ok(())
             }
             Schema::Ref { name } => {
-                let full = name.fully_qualified_name(ns);
-                match self.names.0.get(&full) {
-                    Some(resolved) => {
-                        let inner = full.namespace.clone();
-                        self.value(resolved, &inner, depth + 1)
+                let full = name.fully_qualified_name(&ns.map(str::to_owned));
+                match self.names.0.get_key_value(&full) {
+                    Some((defined, resolved)) => {
+                        self.value(resolved, defined.namespace.as_deref(), depth + 1)
                     }
                     None => Err(self.fail(format!(
                         "the writer schema refers to {} but does not define it",

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use retain_model::{Category, Classification, MailMessage, PhiIndicators};
 
+use crate::direct;
 use crate::error::Result;
 use crate::framing::Framing;
 use crate::mail::{message_fields, message_from_fields};
-use crate::registry::{SchemaRegistry, decode_value, encode_value};
+use crate::registry::{SchemaRegistry, checked, encode_value};
 use crate::schemas::RecordSchema;
 use crate::value::{Fields, opt_string, record, string, strings};
 
@@ -60,8 +61,17 @@ impl ClassifiedRecord {
 /// Encodes a classified record with the current `ClassifiedRecord` schema (without the excerpt).
 pub fn encode_classified_record(r: &ClassifiedRecord, framing: Framing) -> Result<Vec<u8>> {
     let kind = RecordSchema::ClassifiedRecord;
+    if direct::covers(kind) {
+        return direct::encode_classified_record(r, framing);
+    }
+    encode_value(kind, classified_record_value(r)?, framing)
+}
+
+/// The record as a generic Avro value: the reference for [`direct`], and the fallback when the
+/// schema has changed under it.
+pub(crate) fn classified_record_value(r: &ClassifiedRecord) -> Result<Value> {
     let c = &r.classification;
-    let mut fields = message_fields(kind.name(), &r.message)?;
+    let mut fields = message_fields(RecordSchema::ClassifiedRecord.name(), &r.message)?;
     fields.extend([
         ("category", string(c.category.as_str())),
         ("rule", opt_string(c.rule.as_deref())),
@@ -84,7 +94,7 @@ pub fn encode_classified_record(r: &ClassifiedRecord, framing: Framing) -> Resul
         ("source_partition", Value::Int(r.lineage.partition)),
         ("source_offset", Value::Long(r.lineage.offset)),
     ]);
-    encode_value(kind, record(fields), framing)
+    Ok(record(fields))
 }
 
 /// Decodes a framed `ClassifiedRecord` written with any schema version `registry` knows.
@@ -93,8 +103,16 @@ pub fn decode_classified_record(
     registry: &SchemaRegistry,
 ) -> Result<ClassifiedRecord> {
     let kind = RecordSchema::ClassifiedRecord;
-    let value = decode_value(input, kind, registry)?;
-    let mut f = Fields::top(kind.name(), value)?;
+    let datum = checked(input, kind, registry)?;
+    if datum.is_current(kind) && direct::covers(kind) {
+        return direct::decode_classified_record(datum.datum, datum.header_len);
+    }
+    classified_record_from_value(datum.into_value(kind)?)
+}
+
+/// A classified record from a generic value of the current schema.
+pub(crate) fn classified_record_from_value(value: Value) -> Result<ClassifiedRecord> {
+    let mut f = Fields::top(RecordSchema::ClassifiedRecord.name(), value)?;
     let message = message_from_fields(&mut f)?;
     let code = f.string("category")?;
     let category = Category::new(&code).map_err(|e| f.error("category", e.to_string()))?;

@@ -11,11 +11,16 @@
 //! datum's structure against it and resolves it to the current schema, so data written with an
 //! older schema is read with the new fields' defaults.
 //!
+//! `MailMessage` and `ClassifiedRecord`, the pipeline's per-message records, skip the generic
+//! `Value` tree at their current schema version: they are written and read field by field
+//! straight to and from Avro binary (`direct.rs`, checked against the generic path by its tests).
+//!
 //! Decode errors are bad input ([`Error::is_bad_input`]): the pipeline dead-letters the record
 //! and goes on. No error message quotes a decoded value (they are PHI).
 
 mod check;
 mod classified;
+mod direct;
 mod error;
 mod event;
 mod framing;

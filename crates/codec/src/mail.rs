@@ -3,9 +3,10 @@
 use apache_avro::types::Value;
 use retain_model::{Address, Attachment, Direction, MailMessage};
 
+use crate::direct;
 use crate::error::Result;
 use crate::framing::Framing;
-use crate::registry::{SchemaRegistry, decode_value, encode_value};
+use crate::registry::{SchemaRegistry, checked, encode_value};
 use crate::schemas::RecordSchema;
 use crate::value::{
     Fields, long_u64, nullable, opt_string, record, string, strings, symbol, timestamp,
@@ -17,16 +18,33 @@ use crate::value::{
 /// size exceeds `i64::MAX` ([`Error::OutOfRange`](crate::Error::OutOfRange)).
 pub fn encode_mail_message(message: &MailMessage, framing: Framing) -> Result<Vec<u8>> {
     let kind = RecordSchema::MailMessage;
-    let mut fields = message_fields(kind.name(), message)?;
+    if direct::covers(kind) {
+        return direct::encode_mail_message(message, framing);
+    }
+    encode_value(kind, mail_message_value(message)?, framing)
+}
+
+/// The message as a generic Avro value: the reference for [`direct`], and the fallback when the
+/// schema has changed under it.
+pub(crate) fn mail_message_value(message: &MailMessage) -> Result<Value> {
+    let mut fields = message_fields(RecordSchema::MailMessage.name(), message)?;
     fields.push(("excerpt", opt_string(message.excerpt.as_deref())));
-    encode_value(kind, record(fields), framing)
+    Ok(record(fields))
 }
 
 /// Decodes a framed `MailMessage` written with any schema version `registry` knows.
 pub fn decode_mail_message(input: &[u8], registry: &SchemaRegistry) -> Result<MailMessage> {
     let kind = RecordSchema::MailMessage;
-    let value = decode_value(input, kind, registry)?;
-    let mut fields = Fields::top(kind.name(), value)?;
+    let datum = checked(input, kind, registry)?;
+    if datum.is_current(kind) && direct::covers(kind) {
+        return direct::decode_mail_message(datum.datum, datum.header_len);
+    }
+    mail_message_from_value(datum.into_value(kind)?)
+}
+
+/// A message from a generic value of the current schema.
+pub(crate) fn mail_message_from_value(value: Value) -> Result<MailMessage> {
+    let mut fields = Fields::top(RecordSchema::MailMessage.name(), value)?;
     let mut message = message_from_fields(&mut fields)?;
     message.excerpt = fields.opt_string("excerpt")?;
     Ok(message)

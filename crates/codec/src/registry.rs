@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use apache_avro::Schema;
+use apache_avro::headers::HeaderBuilder;
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
+use apache_avro::{GenericSingleObjectReader, Schema};
 
 use crate::check::{self, Names};
 use crate::error::{Error, Result};
@@ -13,12 +14,32 @@ use crate::framing::{self, Framing, WriterRef};
 use crate::schemas::{RecordSchema, fingerprint};
 
 /// A writer schema with what decoding needs precomputed.
-#[derive(Debug)]
 struct Writer {
     schema: Schema,
     fingerprint: u64,
     full_name: String,
     names: Names,
+    /// The schema with its names resolved once: apache-avro's `from_avro_datum` resolves them
+    /// again on every call. `None` if they do not resolve (decoding then reports why).
+    decoder: Option<GenericSingleObjectReader>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("full_name", &self.full_name)
+            .field("fingerprint", &format_args!("{:016x}", self.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
+/// No header: the framing is read by [`framing::split`], the reader decodes the bare datum.
+struct NoHeader;
+
+impl HeaderBuilder for NoHeader {
+    fn build_header(&self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 impl Writer {
@@ -30,6 +51,8 @@ impl Writer {
                 .map(|n| n.fullname(None))
                 .unwrap_or_else(|| "(unnamed schema)".to_owned()),
             names: Names::of(&schema),
+            decoder: GenericSingleObjectReader::new_with_header_builder(schema.clone(), NoHeader)
+                .ok(),
             schema,
         }
     }
@@ -165,6 +188,25 @@ pub fn encode_value(kind: RecordSchema, value: Value, framing: Framing) -> Resul
 /// or schema id in `registry`, and the datum resolved to the current schema when the writer's
 /// differs (fields it lacks get their defaults).
 pub fn decode_value(input: &[u8], kind: RecordSchema, registry: &SchemaRegistry) -> Result<Value> {
+    checked(input, kind, registry)?.into_value(kind)
+}
+
+/// A framed datum whose writer schema is known and whose structure has been checked against it.
+pub(crate) struct Checked<'a> {
+    writer: &'a Writer,
+    /// The datum after the framing header.
+    pub(crate) datum: &'a [u8],
+    /// The header's length (offsets in errors count from the start of the input).
+    pub(crate) header_len: usize,
+}
+
+/// Splits the framing, finds the writer schema of `kind` in `registry` and walks the datum
+/// against it ([`check::check`]): what every decode does before reading values.
+pub(crate) fn checked<'a>(
+    input: &'a [u8],
+    kind: RecordSchema,
+    registry: &'a SchemaRegistry,
+) -> Result<Checked<'a>> {
     let schema = kind.name();
     let (writer_ref, header_len) = framing::split(schema, input)?;
     let writer = registry.writer(schema, writer_ref)?;
@@ -182,27 +224,46 @@ pub fn decode_value(input: &[u8], kind: RecordSchema, registry: &SchemaRegistry)
         field: p.field,
         problem: p.problem,
     })?;
-    let mut reader = datum;
-    let value =
-        apache_avro::from_avro_datum(&writer.schema, &mut reader, None).map_err(|source| {
-            Error::Datum {
-                schema,
-                fingerprint: writer.fingerprint,
-                source,
-            }
-        })?;
-    if writer.fingerprint == kind.fingerprint() {
-        return Ok(value);
-    }
-    value.resolve(kind.schema()).map_err(|_| Error::Resolve {
-        schema,
-        fingerprint: writer.fingerprint,
-        // The avro error quotes the value; a schema-level check says why without it.
-        reason: match SchemaCompatibility::can_read(&writer.schema, kind.schema()) {
-            Err(e) => e.to_string(),
-            Ok(()) => "a value does not fit the reader schema".to_owned(),
-        },
+    Ok(Checked {
+        writer,
+        datum,
+        header_len,
     })
+}
+
+impl Checked<'_> {
+    /// Whether the datum was written with the current `kind` schema (no resolution needed).
+    pub(crate) fn is_current(&self, kind: RecordSchema) -> bool {
+        self.writer.fingerprint == kind.fingerprint()
+    }
+
+    /// The datum as a generic value of the current `kind` schema.
+    pub(crate) fn into_value(self, kind: RecordSchema) -> Result<Value> {
+        let schema = kind.name();
+        let writer = self.writer;
+        let mut reader = self.datum;
+        let decoded = match &writer.decoder {
+            Some(decoder) => decoder.read_value(&mut reader),
+            None => apache_avro::from_avro_datum(&writer.schema, &mut reader, None),
+        };
+        let value = decoded.map_err(|source| Error::Datum {
+            schema,
+            fingerprint: writer.fingerprint,
+            source,
+        })?;
+        if self.is_current(kind) {
+            return Ok(value);
+        }
+        value.resolve(kind.schema()).map_err(|_| Error::Resolve {
+            schema,
+            fingerprint: writer.fingerprint,
+            // The avro error quotes the value; a schema-level check says why without it.
+            reason: match SchemaCompatibility::can_read(&writer.schema, kind.schema()) {
+                Err(e) => e.to_string(),
+                Ok(()) => "a value does not fit the reader schema".to_owned(),
+            },
+        })
+    }
 }
 
 #[cfg(test)]

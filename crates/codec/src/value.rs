@@ -49,14 +49,17 @@ pub(crate) fn symbol(code: &str) -> Value {
 
 /// A `u64` as an Avro `long`, refused above `i64::MAX`.
 pub(crate) fn long_u64(schema: &'static str, field: &str, v: u64) -> Result<Value> {
-    i64::try_from(v)
-        .map(Value::Long)
-        .map_err(|_| Error::OutOfRange {
-            schema,
-            field: field.to_owned(),
-            value: v,
-            avro_type: "long",
-        })
+    to_long(schema, field, v).map(Value::Long)
+}
+
+/// A `u64` as the `i64` of an Avro `long`, refused above `i64::MAX`.
+pub(crate) fn to_long(schema: &'static str, field: &str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::OutOfRange {
+        schema,
+        field: field.to_owned(),
+        value: v,
+        avro_type: "long",
+    })
 }
 
 /// A record from its fields in schema order.

@@ -702,6 +702,7 @@ impl ManifestsTable {
             MANIFESTS_TABLE,
             "Retain disposal manifests: one row per revision (docs/disposal.md)",
             kernel(&manifests_schema()).fields().cloned(),
+            &[],
         )
         .await
         .map_err(lake)?;
@@ -856,6 +857,7 @@ impl DisposalsTable {
             DISPOSALS_TABLE,
             "Retain tombstones: one row per disposed record, no PHI (docs/disposal.md)",
             kernel(&disposals_schema()).fields().cloned(),
+            &[],
         )
         .await
         .map_err(lake)?;

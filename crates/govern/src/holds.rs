@@ -167,6 +167,7 @@ impl HoldsTable {
             HOLDS_TABLE,
             "Retain litigation holds: one row per revision (docs/holds.md)",
             holds_delta_schema().fields().cloned(),
+            &[],
         )
         .await
         .map_err(lake)?;

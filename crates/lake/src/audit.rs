@@ -741,6 +741,7 @@ impl AuditTable {
             AUDIT_TABLE,
             "Retain audit trail: append-only, hash-chained (docs/audit.md)",
             audit_delta_schema().fields().cloned(),
+            &[],
         )
         .await?;
         let this = AuditTable {

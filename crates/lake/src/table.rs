@@ -102,6 +102,13 @@ struct Plan {
     offsets: BTreeMap<i32, i64>,
 }
 
+/// The only `records` columns Delta keeps min/max statistics for in its log: what disposal and
+/// date queries prune files by, and nothing that is PHI. Statistics stay in the log after the
+/// rows and files they describe are disposed of, so subjects, addresses and patient references
+/// must never be among them.
+pub const RECORDS_STATS_COLUMNS: &str =
+    "retain_until,retention_status,category,created_date,landed_at,source_partition,source_offset";
+
 /// Opens the Delta table at `location` (a local path, `file://`, or `s3://` URL), creating it
 /// as `name` with `columns` (and a local directory) when there is none; a concurrent creator
 /// wins the race harmlessly. Returns the table and its URL with any credentials removed.
@@ -111,6 +118,7 @@ pub async fn open_or_create_table(
     name: &str,
     comment: &str,
     columns: impl IntoIterator<Item = StructField>,
+    configuration: &[(&str, &str)],
 ) -> Result<(DeltaTable, String)> {
     register_storage_handlers();
     let url = deltalake::ensure_table_uri(location).map_err(|source| Error::Location {
@@ -137,6 +145,7 @@ pub async fn open_or_create_table(
             .with_table_name(name)
             .with_comment(comment)
             .with_columns(columns)
+            .with_configuration(configuration.iter().map(|(k, v)| (*k, Some(*v))))
             .with_save_mode(SaveMode::Ignore)
             .await;
         match created {
@@ -242,6 +251,7 @@ impl RecordsTable {
             RECORDS_TABLE,
             "Retain records: one row per message copy, classified and scheduled",
             records_delta_schema().fields().cloned(),
+            &[("delta.dataSkippingStatsColumns", RECORDS_STATS_COLUMNS)],
         )
         .await?;
         let this = RecordsTable {

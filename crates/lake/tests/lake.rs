@@ -200,6 +200,32 @@ async fn lands_classified_records_and_reads_them_back_with_datafusion() -> Resul
     assert_eq!(landed.files_written, parquet.len());
     assert!(landed.files_written >= 1);
     assert_eq!(landed.bytes_written, parquet.iter().sum::<u64>());
+    // The log keeps statistics for the pruning columns only: never a subject or an address,
+    // which would outlive the rows in the log after a disposal.
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("records/_delta_log/00000000000000000001.json"),
+    )?;
+    let mut stats_seen = 0;
+    for line in log.lines() {
+        let action: serde_json::Value = serde_json::from_str(line)?;
+        let Some(stats) = action["add"]["stats"].as_str() else {
+            continue;
+        };
+        let stats: serde_json::Value = serde_json::from_str(stats)?;
+        let columns: Vec<&String> = stats["minValues"].as_object().unwrap().keys().collect();
+        assert!(columns.iter().any(|c| *c == "retain_until"), "{columns:?}");
+        for c in &columns {
+            assert!(
+                retain_lake::RECORDS_STATS_COLUMNS
+                    .split(',')
+                    .any(|k| k == c.as_str()),
+                "statistics for `{c}`"
+            );
+        }
+        stats_seen += 1;
+    }
+    assert!(stats_seen >= 1, "{log}");
     drop(table);
 
     // A fresh handle (as after a restart) reads the rows back through DataFusion.
