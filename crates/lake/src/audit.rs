@@ -31,18 +31,17 @@ use deltalake::arrow::datatypes::{
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, StructType, Transaction};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::kernel::{StructType, Transaction};
 use deltalake::table::state::DeltaTableState;
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, instrument, warn};
 
-use crate::error::{Error, Result, is_commit_race};
+use crate::error::{Error, Result};
 use crate::schema::{UTC, schema_diff};
-use crate::table::{DEFAULT_MAX_ATTEMPTS, open_or_create_table, redact_location};
+use crate::table::{
+    CommitError, DEFAULT_MAX_ATTEMPTS, open_or_create_table, redact_location, write_and_commit,
+};
 
 /// The table's name (also written into the Delta metadata).
 pub const AUDIT_TABLE: &str = "audit";
@@ -847,36 +846,16 @@ impl AuditTable {
                         attempts,
                     });
                 }
-                Err(CommitError::Delta(source)) if is_commit_race(&source) => {
-                    if attempts >= self.max_attempts {
-                        return Err(Error::Conflict {
-                            url: self.url.clone(),
-                            version: read_version,
-                            app_id: AUDIT_TXN_APP_ID.to_owned(),
-                            attempts,
-                            source: Box::new(source),
-                        });
-                    }
+                Err(e) if e.is_race() && attempts < self.max_attempts => {
                     debug!(
                         version = read_version,
                         attempts,
-                        error = %source,
+                        error = %e,
                         "a concurrent append won; re-reading the head"
                     );
                 }
-                Err(CommitError::Delta(source)) => {
-                    return Err(Error::Commit {
-                        url: self.url.clone(),
-                        version: read_version,
-                        source: Box::new(source),
-                    });
-                }
-                Err(CommitError::Files(source)) => {
-                    return Err(Error::WriteFiles {
-                        url: self.url.clone(),
-                        version: read_version,
-                        source: Box::new(source),
-                    });
+                Err(e) => {
+                    return Err(e.into_error(&self.url, read_version, AUDIT_TXN_APP_ID, attempts));
                 }
             }
         }
@@ -1128,50 +1107,26 @@ impl AuditTable {
                 "cannot build the audit batch: {e}"
             )))
         })?;
-        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(CommitError::Files)?;
-        writer.write(batch).await.map_err(CommitError::Files)?;
-        let adds = writer.flush().await.map_err(CommitError::Files)?;
-        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(AUDIT_TXN_APP_ID, last))
-            .with_metadata([(
-                "retain".to_owned(),
-                serde_json::json!({
-                    "appId": AUDIT_TXN_APP_ID,
-                    "firstSeq": first,
-                    "lastSeq": last,
-                    "head": records.last().map(|r| r.hash.as_str()),
-                }),
-            )]);
-        let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(
-                Some(state as &dyn TableReference),
-                self.table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
+        let metadata = serde_json::json!({
+            "appId": AUDIT_TXN_APP_ID,
+            "firstSeq": first,
+            "lastSeq": last,
+            "head": records.last().map(|r| r.hash.as_str()),
+        });
+        let txn = vec![Transaction::new(AUDIT_TXN_APP_ID, last)];
+        write_and_commit(&mut self.table, state, batch, txn, metadata)
             .await
-            .map_err(CommitError::Delta)?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot());
-        Ok(version)
+            .map(|c| c.version)
     }
-}
-
-/// Why a commit attempt failed: writing the files, or the log commit itself.
-#[derive(Debug)]
-enum CommitError {
-    Files(DeltaTableError),
-    Delta(DeltaTableError),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deltalake::kernel::Action;
+    use deltalake::kernel::transaction::{CommitBuilder, TableReference};
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+    use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

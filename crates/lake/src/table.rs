@@ -183,57 +183,11 @@ pub async fn append_batch(
         })?
         .clone();
     let read_version = state.version();
-    let rows = batch.num_rows();
-    let mut actions = Vec::new();
-    if rows > 0 {
-        let files = |source| Error::WriteFiles {
-            url: url.to_owned(),
-            version: read_version,
-            source: Box::new(source),
-        };
-        let mut writer = RecordBatchWriter::for_table(table).map_err(files)?;
-        writer.write(batch).await.map_err(files)?;
-        let adds = writer.flush().await.map_err(files)?;
-        actions.extend(adds.into_iter().map(Action::Add));
-    }
-    let properties = CommitProperties::default()
-        .with_application_transactions(txns)
-        .with_metadata([(
-            "retain".to_owned(),
-            serde_json::json!({ "appId": app_id, "rows": rows, "files": actions.len() }),
-        )]);
-    let finalized = CommitBuilder::from(properties)
-        .with_actions(actions)
-        .build(
-            Some(&state as &dyn TableReference),
-            table.log_store(),
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            },
-        )
+    let metadata = serde_json::json!({ "appId": app_id });
+    write_and_commit(table, &state, batch, txns, metadata)
         .await
-        .map_err(|source| {
-            if is_commit_race(&source) {
-                Error::Conflict {
-                    url: url.to_owned(),
-                    version: read_version,
-                    app_id: app_id.to_owned(),
-                    attempts: 1,
-                    source: Box::new(source),
-                }
-            } else {
-                Error::Commit {
-                    url: url.to_owned(),
-                    version: read_version,
-                    source: Box::new(source),
-                }
-            }
-        })?;
-    let version = finalized.version();
-    table.state = Some(finalized.snapshot());
-    Ok(version)
+        .map(|c| c.version)
+        .map_err(|e| e.into_error(url, read_version, app_id, 1))
 }
 
 impl RecordsTable {
@@ -474,37 +428,15 @@ impl RecordsTable {
                         offsets: plan.offsets,
                     });
                 }
-                Err(CommitError::Delta(source)) if is_commit_race(&source) => {
-                    if attempts >= self.max_attempts {
-                        return Err(Error::Conflict {
-                            url: self.url.clone(),
-                            version: read_version,
-                            app_id: app_id.to_owned(),
-                            attempts,
-                            source: Box::new(source),
-                        });
-                    }
+                Err(e) if e.is_race() && attempts < self.max_attempts => {
                     warn!(
                         version = read_version,
                         attempts,
-                        error = %source,
+                        error = %e,
                         "a concurrent commit advanced the same offsets; re-reading"
                     );
                 }
-                Err(CommitError::Delta(source)) => {
-                    return Err(Error::Commit {
-                        url: self.url.clone(),
-                        version: read_version,
-                        source: Box::new(source),
-                    });
-                }
-                Err(CommitError::Files(source)) => {
-                    return Err(Error::WriteFiles {
-                        url: self.url.clone(),
-                        version: read_version,
-                        source: Box::new(source),
-                    });
-                }
+                Err(e) => return Err(e.into_error(&self.url, read_version, app_id, attempts)),
             }
         }
     }
@@ -613,65 +545,120 @@ impl RecordsTable {
         rows: RecordBatch,
         txns: Vec<Transaction>,
     ) -> std::result::Result<Committed, CommitError> {
-        let n = rows.num_rows();
-        let mut actions = Vec::new();
-        if n > 0 {
-            let mut writer =
-                RecordBatchWriter::for_table(&self.table).map_err(CommitError::Files)?;
-            writer.write(rows).await.map_err(CommitError::Files)?;
-            let adds = writer.flush().await.map_err(CommitError::Files)?;
-            actions.extend(adds.into_iter().map(Action::Add));
-        }
-        let files = actions.len();
-        let bytes = actions
-            .iter()
-            .map(|a| match a {
-                Action::Add(add) => u64::try_from(add.size).unwrap_or(0),
-                _ => 0,
-            })
-            .sum();
-        let properties = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_metadata([(
-                "retain".to_owned(),
-                serde_json::json!({ "appId": app_id, "rows": n, "files": files }),
-            )]);
-        let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(
-                Some(state as &dyn TableReference),
-                self.table.log_store(),
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by: None,
-                    predicate: None,
-                },
-            )
-            .await
-            .map_err(CommitError::Delta)?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot());
-        Ok(Committed {
-            version,
-            files,
-            bytes,
-        })
+        let metadata = serde_json::json!({ "appId": app_id });
+        write_and_commit(&mut self.table, state, rows, txns, metadata).await
     }
+}
+
+/// Writes `rows` (if any) as Parquet files and commits them with `txns` on top of `state`, with
+/// `metadata` (plus the row and file counts) under the key `retain` in the commit info; on
+/// success the table's state becomes the committed version. The one commit path of every
+/// table this crate writes.
+pub(crate) async fn write_and_commit(
+    table: &mut DeltaTable,
+    state: &DeltaTableState,
+    rows: RecordBatch,
+    txns: Vec<Transaction>,
+    metadata: serde_json::Value,
+) -> std::result::Result<Committed, CommitError> {
+    let n = rows.num_rows();
+    let mut actions = Vec::new();
+    if n > 0 {
+        let mut writer = RecordBatchWriter::for_table(table).map_err(CommitError::Files)?;
+        writer.write(rows).await.map_err(CommitError::Files)?;
+        let adds = writer.flush().await.map_err(CommitError::Files)?;
+        actions.extend(adds.into_iter().map(Action::Add));
+    }
+    let files = actions.len();
+    let bytes = actions
+        .iter()
+        .map(|a| match a {
+            Action::Add(add) => u64::try_from(add.size).unwrap_or(0),
+            _ => 0,
+        })
+        .sum();
+    let mut metadata = match metadata {
+        serde_json::Value::Object(m) => m,
+        other => serde_json::Map::from_iter([("value".to_owned(), other)]),
+    };
+    metadata.insert("rows".to_owned(), n.into());
+    metadata.insert("files".to_owned(), files.into());
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([("retain".to_owned(), serde_json::Value::Object(metadata))]);
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(
+            Some(state as &dyn TableReference),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(CommitError::Delta)?;
+    let version = finalized.version();
+    table.state = Some(finalized.snapshot());
+    Ok(Committed {
+        version,
+        files,
+        bytes,
+    })
 }
 
 /// What a successful commit wrote.
 #[derive(Debug, Clone, Copy)]
-struct Committed {
-    version: u64,
-    files: usize,
-    bytes: u64,
+pub(crate) struct Committed {
+    pub(crate) version: u64,
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
 }
 
 /// Why a commit attempt failed: writing the files, or the log commit itself.
 #[derive(Debug)]
-enum CommitError {
+pub(crate) enum CommitError {
     Files(DeltaTableError),
     Delta(DeltaTableError),
+}
+
+impl CommitError {
+    /// Whether another writer's commit won (re-read and try again).
+    pub(crate) fn is_race(&self) -> bool {
+        matches!(self, CommitError::Delta(e) if is_commit_race(e))
+    }
+
+    /// The crate error for a commit to `url` that read `version`, after `attempts`.
+    pub(crate) fn into_error(self, url: &str, version: u64, app_id: &str, attempts: u32) -> Error {
+        match self {
+            CommitError::Delta(source) if is_commit_race(&source) => Error::Conflict {
+                url: url.to_owned(),
+                version,
+                app_id: app_id.to_owned(),
+                attempts,
+                source: Box::new(source),
+            },
+            CommitError::Delta(source) => Error::Commit {
+                url: url.to_owned(),
+                version,
+                source: Box::new(source),
+            },
+            CommitError::Files(source) => Error::WriteFiles {
+                url: url.to_owned(),
+                version,
+                source: Box::new(source),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Files(e) | CommitError::Delta(e) => e.fmt(f),
+        }
+    }
 }
 
 /// The `source_partition` and `source_offset` columns of a `records` batch.
