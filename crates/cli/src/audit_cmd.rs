@@ -156,7 +156,7 @@ async fn open(w: &Where) -> Result<AuditTable> {
 }
 
 /// Whether a Delta table exists at `location`, without creating anything.
-async fn exists(location: &str, storage: &HashMap<String, String>) -> Result<bool> {
+pub(crate) async fn exists(location: &str, storage: &HashMap<String, String>) -> Result<bool> {
     let local = match location.strip_prefix("file://") {
         Some(p) => Some(PathBuf::from(p)),
         None if !location.contains("://") => Some(PathBuf::from(location)),

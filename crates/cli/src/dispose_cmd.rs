@@ -14,7 +14,7 @@ use retain_govern::{Disposal, DisposalsTable, HoldsTable, ManifestsTable};
 use retain_lake::{AuditAction, AuditEntry, AuditTable, RecordsTable};
 
 use crate::config::HumanDuration;
-use crate::hold_cmd::{LakeArgs, govern, storage, table_location};
+use crate::hold_cmd::{LakeArgs, govern, records, storage, table_location};
 use crate::output::table;
 
 /// Exit code: nothing due / nothing to do.
@@ -105,9 +105,7 @@ async fn open(a: &LakeArgs) -> Result<Tables> {
     let options = storage(a)?;
     let at = |name: &str| table_location(&a.lake, name);
     Ok(Tables {
-        records: RecordsTable::open_or_create(&at("records"), options.clone())
-            .await
-            .context("opening the records table")?,
+        records: records(a, &options).await?,
         holds: HoldsTable::open_or_create(&at("holds"), options.clone())
             .await
             .map_err(govern)?,

@@ -189,19 +189,30 @@ pub fn table_location(root: &str, name: &str) -> String {
 
 /// `[lake.storage]` from the configuration file and `RETAIN__LAKE__STORAGE__*`.
 pub(crate) fn storage(a: &LakeArgs) -> Result<HashMap<String, String>> {
-    let (file, _) = config::load(a.config.as_deref(), std::env::vars())?;
-    Ok(file
-        .lake
-        .storage
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text)
-        })
-        .collect())
+    let (file, origin) = config::load(a.config.as_deref(), std::env::vars())?;
+    Ok(
+        crate::run::flatten(&file.lake.storage, &origin, "lake.storage")?
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// The `records` table under the lake root; refused (exit 2) when there is none, so a mistyped
+/// `--lake` does not quietly make an empty lake somewhere else.
+pub(crate) async fn records(
+    a: &LakeArgs,
+    options: &HashMap<String, String>,
+) -> Result<RecordsTable> {
+    let at = table_location(&a.lake, "records");
+    if !crate::audit_cmd::exists(&at, options).await? {
+        return Err(BadInput(format!(
+            "no records table at {at}: give --lake the lake root (the folder or URL holding records/), or land mail first (retain demo, retain run)"
+        ))
+        .into());
+    }
+    RecordsTable::open_or_create(&at, options.clone())
+        .await
+        .with_context(|| format!("opening the records table at {at}"))
 }
 
 /// Govern errors a user must fix exit 2.
@@ -221,10 +232,7 @@ struct Lake {
 
 async fn open(a: &LakeArgs) -> Result<Lake> {
     let options = storage(a)?;
-    let records_at = table_location(&a.lake, "records");
-    let records = RecordsTable::open_or_create(&records_at, options.clone())
-        .await
-        .with_context(|| format!("opening the records table under {}", a.lake))?;
+    let records = records(a, &options).await?;
     let holds = HoldsTable::open_or_create(&table_location(&a.lake, "holds"), options.clone())
         .await
         .map_err(govern)?;

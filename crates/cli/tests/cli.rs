@@ -1104,6 +1104,12 @@ mod hold {
             .map(|p| p[1].as_u64().unwrap())
             .expect("the demo lands clinical mail");
 
+        // A lake root without a records table is refused, and nothing is created there.
+        let o = retain_in(d, &["hold", "list", "--lake", "elsewhere"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("no records table"), "{}", stderr(&o));
+        assert!(!d.join("elsewhere").exists());
+
         // Preview: what a category hold catches equals what the demo landed in that category.
         let p = json(&retain_in(
             d,
