@@ -17,16 +17,16 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::prelude::{SessionContext, col, lit};
 use retain_lake::deltalake::DeltaTable;
-use retain_lake::deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use retain_lake::deltalake::kernel::Transaction;
 use retain_lake::deltalake::kernel::transaction::CommitProperties;
-use retain_lake::deltalake::kernel::{StructType, Transaction};
-use retain_lake::{RecordsTable, append_batch, open_or_create_table, records_schema};
+use retain_lake::{RecordsTable, append_batch, records_schema};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::coverage::cutoff;
 use crate::error::{Error, Result};
-use crate::holds::{HOLDS_FENCE, HoldsTable, conform};
+use crate::holds::{HOLDS_FENCE, HoldsTable};
+use crate::table::{conform, lake, open, open_error, read, refresh};
 
 /// The manifests table: one row per manifest revision (planned, approved, executed).
 pub const MANIFESTS_TABLE: &str = "manifests";
@@ -274,7 +274,7 @@ impl<'a> Disposal<'a> {
         let query = format!(
             "SELECT * FROM records WHERE retention_status = 'scheduled' AND retain_until <= DATE '{cut}'"
         );
-        let batches = read(self.records, &query).await?;
+        let batches = query_records(self.records, &query).await?;
         let mut entries = Vec::new();
         for b in &batches {
             let due = set.due(b, cut)?;
@@ -530,10 +530,6 @@ impl<'a> Disposal<'a> {
     }
 }
 
-fn lake(e: retain_lake::Error) -> Error {
-    Error::Lake(Box::new(e))
-}
-
 fn counts(entries: &[ManifestEntry]) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let (mut c, mut r) = (BTreeMap::new(), BTreeMap::new());
     for e in entries {
@@ -545,7 +541,7 @@ fn counts(entries: &[ManifestEntry]) -> (BTreeMap<String, u64>, BTreeMap<String,
 }
 
 /// Runs `query` over `records` and returns batches in the table's own types.
-async fn read(records: &RecordsTable, query: &str) -> Result<Vec<RecordBatch>> {
+async fn query_records(records: &RecordsTable, query: &str) -> Result<Vec<RecordBatch>> {
     let fail = |e: datafusion::error::DataFusionError| Error::Query {
         doing: "reading the records table".to_owned(),
         source: Box::new(e),
@@ -574,7 +570,7 @@ async fn read_keys(records: &RecordsTable, keys: &[&str]) -> Result<Vec<RecordBa
             .collect::<Vec<_>>()
             .join(", ");
         out.extend(
-            read(
+            query_records(
                 records,
                 &format!("SELECT * FROM records WHERE record_key IN ({list})"),
             )
@@ -632,6 +628,11 @@ fn entries_of(b: &RecordBatch, keep: impl Fn(usize) -> bool) -> Result<Vec<Manif
     Ok(out)
 }
 
+/// One `record_key` column.
+fn key_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![text_field("record_key", false)]))
+}
+
 fn text_field(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Utf8, nullable)
 }
@@ -676,13 +677,6 @@ pub fn disposals_schema() -> SchemaRef {
     Arc::clone(&SCHEMA)
 }
 
-fn kernel(schema: &SchemaRef) -> StructType {
-    schema
-        .as_ref()
-        .try_into_kernel()
-        .expect("the schema converts to a Delta schema")
-}
-
 /// The `manifests` table.
 #[derive(Debug)]
 pub struct ManifestsTable {
@@ -696,16 +690,14 @@ impl ManifestsTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        let (table, url) = open_or_create_table(
+        let (table, url) = open(
             location,
             storage_options,
             MANIFESTS_TABLE,
             "Retain disposal manifests: one row per revision (docs/disposal.md)",
-            kernel(&manifests_schema()).fields().cloned(),
-            &[],
+            &manifests_schema(),
         )
-        .await
-        .map_err(lake)?;
+        .await?;
         Ok(ManifestsTable { table, url })
     }
 
@@ -762,30 +754,18 @@ impl ManifestsTable {
 
     /// Manifest `id` as it stands; its content must match the hash it was planned with.
     pub async fn get(&mut self, id: &str) -> Result<Option<ManifestState>> {
-        self.table.update_state().await.map_err(|e| {
-            lake(retain_lake::Error::Open {
-                url: self.url.clone(),
-                source: Box::new(e),
-            })
-        })?;
-        let ctx = SessionContext::new();
-        let fail = |e: datafusion::error::DataFusionError| Error::Query {
-            doing: "reading the manifests table".to_owned(),
-            source: Box::new(e),
-        };
-        let provider = self.table.table_provider().await.map_err(fail)?;
-        let batches = ctx
-            .read_table(provider)
-            .map_err(fail)?
-            .filter(col("manifest_id").eq(lit(id)))
-            .map_err(fail)?
-            .collect()
-            .await
-            .map_err(fail)?;
+        refresh(&mut self.table, &self.url).await?;
+        let filter = col("manifest_id").eq(lit(id));
+        let batches = read(
+            &self.table,
+            MANIFESTS_TABLE,
+            Some(filter),
+            &manifests_schema(),
+        )
+        .await?;
         let mut best: Option<(i64, ManifestState)> = None;
         let mut planned_hash = None;
         for b in &batches {
-            let b = conform(b, &manifests_schema())?;
             let rev = b
                 .column(1)
                 .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
@@ -851,16 +831,14 @@ impl DisposalsTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        let (table, url) = open_or_create_table(
+        let (table, url) = open(
             location,
             storage_options,
             DISPOSALS_TABLE,
             "Retain tombstones: one row per disposed record, no PHI (docs/disposal.md)",
-            kernel(&disposals_schema()).fields().cloned(),
-            &[],
+            &disposals_schema(),
         )
-        .await
-        .map_err(lake)?;
+        .await?;
         Ok(DisposalsTable { table, url })
     }
 
@@ -870,35 +848,11 @@ impl DisposalsTable {
         if keys.is_empty() {
             return Ok(out);
         }
-        self.table.update_state().await.map_err(|e| {
-            lake(retain_lake::Error::Open {
-                url: self.url.clone(),
-                source: Box::new(e),
-            })
-        })?;
-        let fail = |e: datafusion::error::DataFusionError| Error::Query {
-            doing: "reading the disposals table".to_owned(),
-            source: Box::new(e),
-        };
-        let ctx = SessionContext::new();
-        let provider = self.table.table_provider().await.map_err(fail)?;
+        refresh(&mut self.table, &self.url).await?;
         for chunk in keys.chunks(5_000) {
             let list = chunk.iter().map(|k| lit(*k)).collect();
-            let batches = ctx
-                .read_table(Arc::clone(&provider))
-                .map_err(fail)?
-                .filter(col("record_key").in_list(list, false))
-                .map_err(fail)?
-                .select_columns(&["record_key"])
-                .map_err(fail)?
-                .collect()
-                .await
-                .map_err(fail)?;
-            for b in &batches {
-                let b = conform(
-                    b,
-                    &Arc::new(Schema::new(vec![text_field("record_key", false)])),
-                )?;
+            let filter = col("record_key").in_list(list, false);
+            for b in read(&self.table, DISPOSALS_TABLE, Some(filter), &key_schema()).await? {
                 let k = b.column(0).as_string::<i32>();
                 out.extend((0..b.num_rows()).map(|i| k.value(i).to_owned()));
             }
@@ -912,34 +866,10 @@ impl DisposalsTable {
         id: &str,
         planned: &HashMap<&str, &ManifestEntry>,
     ) -> Result<Vec<ManifestEntry>> {
-        self.table.update_state().await.map_err(|e| {
-            lake(retain_lake::Error::Open {
-                url: self.url.clone(),
-                source: Box::new(e),
-            })
-        })?;
-        let fail = |e: datafusion::error::DataFusionError| Error::Query {
-            doing: "reading the disposals table".to_owned(),
-            source: Box::new(e),
-        };
-        let ctx = SessionContext::new();
-        let provider = self.table.table_provider().await.map_err(fail)?;
-        let batches = ctx
-            .read_table(provider)
-            .map_err(fail)?
-            .filter(col("manifest_id").eq(lit(id)))
-            .map_err(fail)?
-            .select_columns(&["record_key"])
-            .map_err(fail)?
-            .collect()
-            .await
-            .map_err(fail)?;
+        refresh(&mut self.table, &self.url).await?;
+        let filter = col("manifest_id").eq(lit(id));
         let mut out = Vec::new();
-        for b in &batches {
-            let b = conform(
-                b,
-                &Arc::new(Schema::new(vec![text_field("record_key", false)])),
-            )?;
+        for b in read(&self.table, DISPOSALS_TABLE, Some(filter), &key_schema()).await? {
             let k = b.column(0).as_string::<i32>();
             out.extend(
                 (0..b.num_rows()).filter_map(|i| planned.get(k.value(i)).map(|e| (*e).clone())),
@@ -957,31 +887,16 @@ impl DisposalsTable {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let app_id = format!("retain-disposal-{id}");
-        self.table.update_state().await.map_err(|e| {
-            lake(retain_lake::Error::Open {
-                url: self.url.clone(),
-                source: Box::new(e),
-            })
-        })?;
+        refresh(&mut self.table, &self.url).await?;
         let snapshot = self
             .table
             .snapshot()
-            .map_err(|e| {
-                lake(retain_lake::Error::Open {
-                    url: self.url.clone(),
-                    source: Box::new(e),
-                })
-            })?
+            .map_err(|e| open_error(&self.url, e))?
             .clone();
         let written = snapshot
             .transaction_version(self.table.log_store().as_ref(), &app_id)
             .await
-            .map_err(|e| {
-                lake(retain_lake::Error::Open {
-                    url: self.url.clone(),
-                    source: Box::new(e),
-                })
-            })?;
+            .map_err(|e| open_error(&self.url, e))?;
         if written.is_some() {
             // An earlier run of this manifest wrote them.
             return Ok(());

@@ -15,16 +15,15 @@ use datafusion::arrow::array::{
     Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::prelude::SessionContext;
 use retain_lake::deltalake::DeltaTable;
-use retain_lake::deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use retain_lake::deltalake::kernel::{StructType, Transaction};
-use retain_lake::{RecordsTable, append_batch, open_or_create_table, records_schema};
+use retain_lake::deltalake::kernel::Transaction;
+use retain_lake::{RecordsTable, append_batch, records_schema};
 use serde::Serialize;
 
 use crate::coverage::HoldSet;
 use crate::error::{Error, Result};
 use crate::scope::HoldScope;
+use crate::table::{lake, open, query, read, refresh};
 
 /// The table's name.
 pub const HOLDS_TABLE: &str = "holds";
@@ -137,22 +136,11 @@ pub fn holds_schema() -> SchemaRef {
     Arc::clone(&SCHEMA)
 }
 
-fn holds_delta_schema() -> StructType {
-    holds_schema()
-        .as_ref()
-        .try_into_kernel()
-        .expect("the holds schema converts to a Delta schema")
-}
-
 /// The `holds` table.
 #[derive(Debug)]
 pub struct HoldsTable {
     table: DeltaTable,
     url: String,
-}
-
-fn lake(e: retain_lake::Error) -> Error {
-    Error::Lake(Box::new(e))
 }
 
 impl HoldsTable {
@@ -161,16 +149,14 @@ impl HoldsTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        let (table, url) = open_or_create_table(
+        let (table, url) = open(
             location,
             storage_options,
             HOLDS_TABLE,
             "Retain litigation holds: one row per revision (docs/holds.md)",
-            holds_delta_schema().fields().cloned(),
-            &[],
+            &holds_schema(),
         )
-        .await
-        .map_err(lake)?;
+        .await?;
         Ok(HoldsTable { table, url })
     }
 
@@ -280,27 +266,11 @@ impl HoldsTable {
 
     /// Every hold as it stands, oldest first.
     pub async fn list(&mut self) -> Result<Vec<Hold>> {
-        self.table
-            .update_state()
-            .await
-            .map_err(|e| lake(open_error(&self.url, e)))?;
-        let ctx = SessionContext::new();
-        let provider = self
-            .table
-            .table_provider()
-            .await
-            .map_err(|e| query("reading the holds table", e))?;
-        let batches = ctx
-            .read_table(provider)
-            .map_err(|e| query("reading the holds table", e))?
-            .collect()
-            .await
-            .map_err(|e| query("reading the holds table", e))?;
+        refresh(&mut self.table, &self.url).await?;
+        let batches = read(&self.table, HOLDS_TABLE, None, &holds_schema()).await?;
         let mut latest: BTreeMap<String, Hold> = BTreeMap::new();
         for b in &batches {
-            // DataFusion reads text as views; back to the table's own types.
-            let b = conform(b, &holds_schema())?;
-            for hold in rows(&b)? {
+            for hold in rows(b)? {
                 match latest.get(&hold.id) {
                     Some(h) if h.revision >= hold.revision => {}
                     _ => {
@@ -347,20 +317,6 @@ impl HoldsTable {
     }
 }
 
-fn open_error(url: &str, source: retain_lake::deltalake::DeltaTableError) -> retain_lake::Error {
-    retain_lake::Error::Open {
-        url: url.to_owned(),
-        source: Box::new(source),
-    }
-}
-
-fn query(doing: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Query {
-        doing: doing.to_owned(),
-        source: Box::new(e),
-    }
-}
-
 /// Eight hex digits of a v7 UUID's random part.
 pub(crate) fn uuid_tail() -> String {
     let u = uuid::Uuid::now_v7().simple().to_string();
@@ -402,23 +358,6 @@ fn batch(h: &Hold, now: DateTime<Utc>) -> Result<RecordBatch> {
         ],
     )
     .map_err(|e| query("building a holds row", e))
-}
-
-/// `batch` cast column by column to `schema` (matched by name).
-pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let c = batch.column_by_name(f.name()).ok_or_else(|| Error::Query {
-                doing: format!("reading column `{}`", f.name()),
-                source: "the column is missing".into(),
-            })?;
-            datafusion::arrow::compute::cast(c, f.data_type())
-                .map_err(|e| query(&format!("reading column `{}`", f.name()), e))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| query("reading a batch", e))
 }
 
 fn rows(b: &RecordBatch) -> Result<Vec<Hold>> {

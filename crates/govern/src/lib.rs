@@ -19,6 +19,7 @@ mod error;
 mod holds;
 mod preview;
 mod scope;
+mod table;
 
 pub use coverage::{CompiledHold, HoldSet, cutoff, dated_by};
 pub use disposal::{

@@ -95,7 +95,7 @@ pub async fn preview(
         ..Preview::default()
     };
     for b in &groups {
-        let b = crate::holds::conform(b, &groups_schema())?;
+        let b = crate::table::conform(b, &groups_schema())?;
         let custodian = b.column(0).as_string::<i32>();
         let category = b.column(1).as_string::<i32>();
         let n = b.column(2).as_primitive::<Int64Type>();
@@ -124,7 +124,7 @@ pub async fn preview(
             .await
             .map_err(|e| fail("sampling covered records", e))?;
         for b in &keys {
-            let b = crate::holds::conform(b, &keys_schema())?;
+            let b = crate::table::conform(b, &keys_schema())?;
             let k = b.column(0).as_string::<i32>();
             out.sample
                 .extend((0..b.num_rows()).map(|i| k.value(i).to_owned()));
