@@ -67,6 +67,7 @@ pub struct LakeSection {
 pub struct TopicsSection {
     pub input: Option<String>,
     pub classified: Option<String>,
+    pub disposal_commands: Option<String>,
 }
 
 /// `[classifier]`.

@@ -12,6 +12,7 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 use retain_govern::{Disposal, DisposalsTable, HoldsTable, ManifestsTable};
 use retain_lake::{AuditAction, AuditEntry, AuditTable, RecordsTable};
+use retain_stream::{CommandPublisher, KafkaConfig, TOPIC_DISPOSAL_COMMANDS};
 
 use crate::config::HumanDuration;
 use crate::hold_cmd::{LakeArgs, govern, records, storage, table_location};
@@ -74,6 +75,17 @@ pub struct ExecuteArgs {
     /// Also write the certificate as DIR/<manifest>.json and DIR/<manifest>.md.
     #[arg(long, value_name = "DIR")]
     certificate_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers to publish the disposal commands to (one per disposed message,
+    /// for the mail system to delete it). Overrides `[kafka] bootstrap-servers`.
+    #[arg(long, env = "RETAIN_BROKERS")]
+    brokers: Option<String>,
+    /// The disposal-command topic. Overrides `[topics] disposal-commands`.
+    #[arg(long, value_name = "TOPIC", env = "RETAIN_COMMANDS_TOPIC")]
+    commands_topic: Option<String>,
+    /// Dispose without publishing commands (the mail system is told some other way, e.g. from
+    /// the manifest). Without it, --for-real needs brokers.
+    #[arg(long, conflicts_with_all = ["brokers", "commands_topic"])]
+    no_commands: bool,
     #[command(flatten)]
     lake: LakeArgs,
 }
@@ -253,10 +265,21 @@ async fn execute(a: ExecuteArgs) -> Result<ExitCode> {
         t_manifest_status(&mut d, &a.manifest).await?,
         Some(retain_govern::ManifestStatus::Executed)
     );
-    // No disposal-command topic yet: the mail system is told through the manifest (see
-    // docs/disposal.md).
+    // Commands are published (and acknowledged) before the rows are deleted; only a real run
+    // publishes, and only if there is something left to do.
+    let sink = if a.for_real && !already {
+        command_sink(&a)?
+    } else {
+        None
+    };
+    let commands_topic = sink.as_ref().map(|s| s.topic().to_owned());
     let done = d
-        .execute(&a.manifest, &a.by, None, Utc::now())
+        .execute(
+            &a.manifest,
+            &a.by,
+            sink.as_ref().map(|s| s as &dyn retain_govern::CommandSink),
+            Utc::now(),
+        )
         .await
         .map_err(govern)?;
     if a.lake.json {
@@ -296,6 +319,7 @@ async fn execute(a: ExecuteArgs) -> Result<ExitCode> {
             "manifest": cert.manifest_id,
             "hash": cert.manifest_hash,
             "disposed": cert.disposed,
+            "commands_topic": commands_topic,
             "skipped_held": cert.skipped_held,
             "skipped_moved": cert.skipped_moved,
             "files_removed": cert.files_removed.len(),
@@ -325,8 +349,46 @@ async fn execute(a: ExecuteArgs) -> Result<ExitCode> {
             cert.records_version_after,
             cert.files_removed.len()
         );
+        match &commands_topic {
+            Some(topic) => outln!(
+                "disposal commands published to {topic} before the delete, one per message (command id <manifest>/<record key>)"
+            ),
+            None => outln!(
+                "no disposal commands published (--no-commands): tell the mail system from the manifest"
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The disposal-command publisher for a real execution: refused (exit 2) when there are no
+/// brokers and --no-commands was not given, so nothing is disposed of without the mail system
+/// being told.
+fn command_sink(a: &ExecuteArgs) -> Result<Option<CommandPublisher>> {
+    if a.no_commands {
+        return Ok(None);
+    }
+    let (file, origin) = crate::config::load(a.lake.config.as_deref(), std::env::vars())?;
+    let brokers = a
+        .brokers
+        .clone()
+        .or(file.kafka.bootstrap_servers.clone())
+        .filter(|b| !b.trim().is_empty())
+        .ok_or_else(|| {
+            crate::output::BadInput(format!(
+                "--for-real publishes a disposal command per message for the mail system: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}, or pass --no-commands"
+            ))
+        })?;
+    let mut kafka = KafkaConfig::new(brokers);
+    kafka.settings = crate::run::flatten(&file.kafka.settings, &origin, "kafka.settings")?;
+    let topic = a
+        .commands_topic
+        .clone()
+        .or(file.topics.disposal_commands.clone())
+        .unwrap_or_else(|| TOPIC_DISPOSAL_COMMANDS.to_owned());
+    let publisher = CommandPublisher::connect(&kafka, &topic)
+        .with_context(|| format!("connecting to the disposal-command topic `{topic}`"))?;
+    Ok(Some(publisher))
 }
 
 async fn t_manifest_status(

@@ -456,14 +456,14 @@ mod run {
 
     /// A `retain run` child process: killed (SIGKILL) and reaped on drop, so a failing test
     /// leaves nothing running.
-    struct Stage {
+    pub(super) struct Stage {
         name: String,
         child: Child,
         log: PathBuf,
     }
 
     impl Stage {
-        fn start(name: &str, stage: &str, env: &Env) -> Stage {
+        pub(super) fn start(name: &str, stage: &str, env: &Env) -> Stage {
             Stage::start_with(name, stage, env, &[])
         }
 
@@ -501,7 +501,7 @@ mod run {
         }
 
         /// SIGTERM, then waits (up to 30 s) for the exit; returns the code and the output.
-        fn terminate(mut self) -> (Option<i32>, String) {
+        pub(super) fn terminate(mut self) -> (Option<i32>, String) {
             let pid = self.child.id().to_string();
             let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             assert!(ok.success());
@@ -537,14 +537,14 @@ mod run {
     }
 
     /// A broker with the topics, a table location and a configuration file.
-    struct Env {
-        dir: PathBuf,
-        brokers: String,
-        table: String,
-        config: PathBuf,
+    pub(super) struct Env {
+        pub(super) dir: PathBuf,
+        pub(super) brokers: String,
+        pub(super) table: String,
+        pub(super) config: PathBuf,
     }
 
-    async fn setup(dir: &Path, max_rows: usize) -> (EmbeddedBroker, Env) {
+    pub(super) async fn setup(dir: &Path, max_rows: usize) -> (EmbeddedBroker, Env) {
         let broker = EmbeddedBroker::start(&dir.join("broker")).await.unwrap();
         for (topic, partitions) in [
             ("retain.mail", 3),
@@ -598,7 +598,7 @@ mod run {
         }
     }
 
-    async fn scalar(table: &str, query: &str) -> i64 {
+    pub(super) async fn scalar(table: &str, query: &str) -> i64 {
         let t = RecordsTable::open_or_create(table, Default::default())
             .await
             .unwrap();
@@ -646,7 +646,12 @@ mod run {
     }
 
     /// Polls until the table holds at least `n` rows; panics after `timeout`.
-    async fn wait_rows(table: &str, n: i64, timeout: Duration, stages: &mut [&mut Stage]) -> i64 {
+    pub(super) async fn wait_rows(
+        table: &str,
+        n: i64,
+        timeout: Duration,
+        stages: &mut [&mut Stage],
+    ) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
             let have = rows(table).await;
@@ -1202,6 +1207,21 @@ mod hold {
         assert_eq!(dry["dry_run"], true);
         let all = ["hold", "preview", "--sql", "TRUE", "--json"];
         assert_eq!(json(&retain_in(d, &all))["records"].as_u64(), Some(200));
+        // A real run tells the mail system: without brokers it is refused unless told not to.
+        let o = retain_in(
+            d,
+            &[
+                "dispose",
+                "execute",
+                &manifest,
+                "--by",
+                "cron",
+                "--for-real",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--no-commands"), "{}", stderr(&o));
+        assert_eq!(json(&retain_in(d, &all))["records"].as_u64(), Some(200));
         let done = json(&retain_in(
             d,
             &[
@@ -1211,6 +1231,7 @@ mod hold {
                 "--by",
                 "cron",
                 "--for-real",
+                "--no-commands",
                 "--grace",
                 "0s",
                 "--certificate-dir",
@@ -1327,5 +1348,673 @@ mod hold {
         ] {
             assert!(out.contains(action), "{action} in {out}");
         }
+    }
+
+    /// `retain dispose execute` killed after the delete and after the tombstones (a failpoint
+    /// aborts the process, as `kill -9` would): the next run finishes the job, every due record
+    /// is disposed of once, with one tombstone each, and a third run has nothing to do.
+    #[test]
+    fn a_disposal_killed_half_way_is_finished_by_the_next_run() {
+        for point in ["disposal.after_delete", "disposal.after_tombstones"] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            json(&retain_in(d, &["demo", "-n", "200", "--json"]));
+            let today = chrono::Utc::now().date_naive().to_string();
+            let plan = json(&retain_in(
+                d,
+                &["dispose", "plan", "--as-of", &today, "--by", "rm", "--json"],
+            ));
+            let manifest = plan["manifest"].as_str().unwrap().to_owned();
+            let due = plan["records"].as_u64().unwrap();
+            assert!(due > 0);
+            json(&retain_in(
+                d,
+                &["dispose", "approve", &manifest, "--by", "co", "--json"],
+            ));
+            let execute = [
+                "dispose",
+                "execute",
+                &manifest,
+                "--by",
+                "cron",
+                "--for-real",
+                "--no-commands",
+                "--grace",
+                "0s",
+                "--json",
+            ];
+            let crashed = Command::new(env!("CARGO_BIN_EXE_retain"))
+                .args(execute)
+                .current_dir(d)
+                .env_remove("RETAIN_LAKE_ROOT")
+                .env(retain_govern::FAILPOINT_VAR, point)
+                .output()
+                .unwrap();
+            assert!(!crashed.status.success(), "{point}: {}", stderr(&crashed));
+            assert!(stderr(&crashed).contains(point), "{}", stderr(&crashed));
+            let all = ["hold", "preview", "--sql", "TRUE", "--json"];
+            assert_eq!(
+                json(&retain_in(d, &all))["records"].as_u64(),
+                Some(200 - due),
+                "{point}: the delete was committed before the crash"
+            );
+
+            let done = json(&retain_in(d, &execute));
+            let cert = &done["certificate"];
+            assert_eq!(cert["disposed"].as_u64(), Some(due), "{point}: {cert}");
+            assert_eq!(cert["skipped_gone"].as_u64(), Some(0), "{point}: {cert}");
+            assert_eq!(
+                cert["by_category"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|n| n.as_u64().unwrap())
+                    .sum::<u64>(),
+                due
+            );
+            assert_eq!(done["disposed"].as_array().unwrap().len() as u64, due);
+            let o = retain_in(d, &execute);
+            assert_eq!(o.status.code(), Some(3), "{point}: {}", stderr(&o));
+            // One tombstone per record, all of this manifest.
+            let tombstones = tombstones(&d.join("lake/disposals"));
+            assert_eq!(tombstones.len() as u64, due, "{point}");
+            assert!(tombstones.iter().all(|m| m == &manifest));
+            let o = retain_in(d, &["audit", "verify", "--json"]);
+            assert!(o.status.success(), "{point}: {}", stderr(&o));
+        }
+    }
+
+    /// The `disposals` table's manifest ids, one per row.
+    fn tombstones(table: &std::path::Path) -> Vec<String> {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            use retain_lake::deltalake::arrow::array::AsArray;
+            let url = retain_lake::deltalake::ensure_table_uri(table.to_str().unwrap()).unwrap();
+            let mut t = retain_lake::deltalake::DeltaTableBuilder::from_url(url)
+                .unwrap()
+                .build()
+                .unwrap();
+            t.load().await.unwrap();
+            let ctx = retain_lake::deltalake::datafusion::prelude::SessionContext::new();
+            ctx.register_table("disposals", t.table_provider().await.unwrap())
+                .unwrap();
+            let batches = ctx
+                .sql("SELECT manifest_id, count(*) OVER (PARTITION BY record_key) AS n FROM disposals")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for b in &batches {
+                let n = b.column(1).as_primitive::<retain_lake::deltalake::arrow::datatypes::Int64Type>();
+                assert!(n.values().iter().all(|n| *n == 1), "a record tombstoned twice");
+                let m = retain_lake::deltalake::arrow::compute::cast(
+                    b.column(0),
+                    &retain_lake::deltalake::arrow::datatypes::DataType::Utf8,
+                )
+                .unwrap();
+                let m = m.as_string::<i32>();
+                out.extend((0..b.num_rows()).map(|i| m.value(i).to_owned()));
+            }
+            out
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holds and disposal end to end: the Enron sample through the running pipeline on an embedded
+// broker, a hold by custodian and keyword, more of that custodian's mail landing after it, then
+// plan, approve and execute; checked against the rows themselves, the Parquet files on disk,
+// the tombstones, the certificate, the disposal-command topic and the audit trail.
+
+mod lifecycle {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use retain_codec::{SchemaRegistry, decode_disposal_command};
+    use retain_lake::RecordsTable;
+    use retain_lake::deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+    use retain_lake::deltalake::arrow::compute::cast;
+    use retain_lake::deltalake::arrow::datatypes::{DataType, Date32Type};
+    use retain_lake::deltalake::datafusion::prelude::SessionContext;
+    use retain_lake::deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::run::{Stage, scalar, setup, wait_rows};
+    use super::{corpus, retain, stderr, stdout};
+
+    const CUSTODIAN: &str = "kean-s";
+    const KEYWORD: &str = "california";
+
+    /// Copies the sample's messages into two folders: the second holds every other message of
+    /// `CUSTODIAN` (by file name), to land after the hold; the first holds the rest.
+    fn split(corpus: &Path, first: &Path, second: &Path) -> (usize, usize) {
+        let (mut n1, mut n2) = (0, 0);
+        for dir in std::fs::read_dir(corpus).unwrap() {
+            let dir = dir.unwrap().path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&dir).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_none_or(|e| e != "txt") {
+                    continue;
+                }
+                let bytes = std::fs::read(&f).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                let origin = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Origin:"))
+                    .map(|o| o.trim().to_lowercase());
+                let number: u64 = f.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+                let late = origin.as_deref() == Some(CUSTODIAN) && number % 2 == 1;
+                let to = if late { second } else { first };
+                let sub = to.join(dir.file_name().unwrap());
+                std::fs::create_dir_all(&sub).unwrap();
+                std::fs::write(sub.join(f.file_name().unwrap()), &bytes).unwrap();
+                if late { n2 += 1 } else { n1 += 1 }
+            }
+        }
+        (n1, n2)
+    }
+
+    fn import(dir: &Path, brokers: &str) -> u64 {
+        let o = retain(&[
+            "import",
+            dir.to_str().unwrap(),
+            "--brokers",
+            brokers,
+            "--topic",
+            "retain.mail",
+            "--format",
+            "json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["failed"].as_array().unwrap().len(), 0, "{v}");
+        v["produced"].as_u64().unwrap()
+    }
+
+    /// One row of `records`, with what the checks need.
+    #[derive(Debug, Clone)]
+    struct Row {
+        key: String,
+        message_id: String,
+        custodian: String,
+        subject: Option<String>,
+        category: String,
+        scheduled: bool,
+        retain_until: Option<chrono::NaiveDate>,
+    }
+
+    async fn read_rows(table: &str) -> Vec<Row> {
+        let t = RecordsTable::open_or_create(table, Default::default())
+            .await
+            .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("records", t.delta_table().table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql(
+                "SELECT record_key, message_id, custodian, subject, category, retention_status, \
+                 retain_until FROM records",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let columns: Vec<_> = (0..6).map(|i| utf8(b.column(i))).collect();
+            let s = |i: usize, r: usize| {
+                let c = columns[i].as_string::<i32>();
+                (!c.is_null(r)).then(|| c.value(r).to_owned())
+            };
+            let until = b.column(6).as_primitive::<Date32Type>();
+            for r in 0..b.num_rows() {
+                rows.push(Row {
+                    key: s(0, r).unwrap(),
+                    message_id: s(1, r).unwrap(),
+                    custodian: s(2, r).unwrap(),
+                    subject: s(3, r),
+                    category: s(4, r).unwrap(),
+                    scheduled: s(5, r).as_deref() == Some("scheduled"),
+                    retain_until: (!until.is_null(r)).then(|| until.value_as_date(r).unwrap()),
+                });
+            }
+        }
+        rows
+    }
+
+    /// A string column as `Utf8` (DataFusion reads Parquet strings as views).
+    fn utf8(c: &ArrayRef) -> ArrayRef {
+        cast(c, &DataType::Utf8).unwrap()
+    }
+
+    /// Written from docs/holds.md, not from the scope compiler: the custodian matches
+    /// case-insensitively, and a keyword hold covers a record whose subject contains the word
+    /// or that has no subject (unknown counts as covered).
+    fn held(r: &Row) -> bool {
+        r.custodian.eq_ignore_ascii_case(CUSTODIAN)
+            && r.subject
+                .as_ref()
+                .is_none_or(|s| s.to_lowercase().contains(KEYWORD))
+    }
+
+    /// The record keys in every Parquet file physically under `table` (whatever the Delta log
+    /// says), by file.
+    fn keys_on_disk(table: &Path) -> BTreeMap<PathBuf, BTreeSet<String>> {
+        let mut out = BTreeMap::new();
+        for f in std::fs::read_dir(table).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            let mut keys = BTreeSet::new();
+            for b in reader {
+                let b: RecordBatch = b.unwrap();
+                let c = utf8(b.column_by_name("record_key").unwrap());
+                keys.extend(c.as_string::<i32>().iter().map(|k| k.unwrap().to_owned()));
+            }
+            out.insert(f, keys);
+        }
+        out
+    }
+
+    /// The `disposals` table's (record key, manifest id) rows.
+    async fn tombstones(location: &str) -> BTreeMap<String, String> {
+        let url = retain_lake::deltalake::ensure_table_uri(location).unwrap();
+        let mut t = retain_lake::deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap();
+        t.load().await.unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("disposals", t.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT record_key, manifest_id FROM disposals")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for b in &batches {
+            let (k, m) = (utf8(b.column(0)), utf8(b.column(1)));
+            let (k, m) = (k.as_string::<i32>(), m.as_string::<i32>());
+            for i in 0..b.num_rows() {
+                let before = out.insert(k.value(i).to_owned(), m.value(i).to_owned());
+                assert!(before.is_none(), "one tombstone per record");
+            }
+        }
+        out
+    }
+
+    fn json_of(args: &[&str]) -> serde_json::Value {
+        let o = retain(args);
+        assert!(
+            o.status.success(),
+            "retain {args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Every command on the disposal-command topic, read from the beginning until `n` arrived
+    /// and a further second brings no more.
+    fn commands(brokers: &str, n: usize) -> Vec<retain_codec::DisposalCommandMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "lifecycle-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition_offset("retain.disposal-commands", p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let registry = SchemaRegistry::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut quiet_since = None;
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(m) => {
+                    let m = m.unwrap();
+                    let c = decode_disposal_command(m.payload().unwrap(), &registry).unwrap();
+                    assert_eq!(
+                        m.key().unwrap(),
+                        c.key_hash.as_bytes(),
+                        "keyed by record key"
+                    );
+                    out.push(c);
+                    quiet_since = None;
+                }
+                None if out.len() >= n => {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        return out;
+                    }
+                }
+                None => assert!(
+                    Instant::now() < deadline,
+                    "only {} of {n} commands after 60 s",
+                    out.len()
+                ),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hold_land_more_then_dispose_the_enron_sample() {
+        let Some(corpus) = corpus() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have the Enron sample"
+            );
+            return;
+        };
+        let started = Instant::now();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (n1, n2) = split(&corpus, &dir.join("mail-1"), &dir.join("mail-2"));
+        assert!(n2 > 100, "{n2} late messages of {CUSTODIAN}");
+        let (broker, env) = setup(dir, 500).await;
+        broker
+            .create_topic("retain.disposal-commands", 2)
+            .await
+            .unwrap();
+        let lake = dir.to_str().unwrap().to_owned();
+        let brokers = env.brokers.clone();
+        let mut pipeline = Stage::start("all", "all", &env);
+
+        // The first batch lands.
+        let b = brokers.clone();
+        let m1 = dir.join("mail-1");
+        let produced = tokio::task::spawn_blocking(move || import(&m1, &b))
+            .await
+            .unwrap();
+        assert_eq!(produced as usize, n1);
+        wait_rows(
+            &env.table,
+            n1 as i64,
+            Duration::from_secs(300),
+            &mut [&mut pipeline],
+        )
+        .await;
+
+        // The hold, by custodian and keyword, while the pipeline runs.
+        let custodian_arg = ["--custodian", CUSTODIAN, "--keyword", KEYWORD];
+        let mut args = vec!["hold", "preview", "--lake", &lake, "--json"];
+        args.extend(custodian_arg);
+        let preview = json_of(&args);
+        let mut args = vec![
+            "hold",
+            "create",
+            "--lake",
+            &lake,
+            "--json",
+            "--matter",
+            "Doe v. Clinic",
+            "--reason",
+            "complaint served",
+            "--by",
+            "counsel",
+        ];
+        args.extend(custodian_arg);
+        let hold = json_of(&args);
+        let first = read_rows(&env.table).await;
+        let held_first = first.iter().filter(|r| held(r)).count() as u64;
+        assert!(held_first > 0);
+        assert_eq!(preview["records"].as_u64(), Some(held_first), "{preview}");
+        assert_eq!(
+            hold["records_covered_now"].as_u64(),
+            Some(held_first),
+            "{hold}"
+        );
+        let hold_id = hold["hold"]["id"].as_str().unwrap().to_owned();
+
+        // More of the custodian's mail lands after the hold.
+        let b = brokers.clone();
+        let m2 = dir.join("mail-2");
+        let produced = tokio::task::spawn_blocking(move || import(&m2, &b))
+            .await
+            .unwrap();
+        assert_eq!(produced as usize, n2);
+        let total = (n1 + n2) as i64;
+        wait_rows(
+            &env.table,
+            total,
+            Duration::from_secs(300),
+            &mut [&mut pipeline],
+        )
+        .await;
+        let (code, log) = pipeline.terminate();
+        assert_eq!(code, Some(0), "{log}");
+        assert_eq!(
+            scalar(&env.table, "SELECT count(DISTINCT record_key) FROM records").await,
+            total
+        );
+
+        let rows = read_rows(&env.table).await;
+        let today = chrono::Utc::now().date_naive();
+        let late: BTreeSet<&str> = rows[..]
+            .iter()
+            .filter(|r| held(r) && !first.iter().any(|f| f.key == r.key))
+            .map(|r| r.key.as_str())
+            .collect();
+        assert!(!late.is_empty(), "held mail landed after the hold");
+        let due_by_date = |r: &Row| r.scheduled && r.retain_until.is_some_and(|d| d <= today);
+        let due: BTreeMap<&str, &Row> = rows
+            .iter()
+            .filter(|r| due_by_date(r) && !held(r))
+            .map(|r| (r.key.as_str(), r))
+            .collect();
+        let held_due = rows.iter().filter(|r| due_by_date(r) && held(r)).count();
+        assert!(!due.is_empty(), "something is due");
+        assert!(held_due > 0, "some held records are past their date");
+        eprintln!(
+            "{} records ({n1} then {n2}), {} held ({} landed after the hold), {} due and unheld, {held_due} due but held",
+            rows.len(),
+            rows.iter().filter(|r| held(r)).count(),
+            late.len(),
+            due.len()
+        );
+        let mut args = vec!["hold", "preview", "--lake", &lake, "--json"];
+        args.extend(custodian_arg);
+        let now_covered = json_of(&args);
+        assert_eq!(
+            now_covered["records"].as_u64(),
+            Some(rows.iter().filter(|r| held(r)).count() as u64),
+            "the hold's scope covers the late mail too: {now_covered}"
+        );
+
+        // Plan, approve, execute, as of today.
+        let today_s = today.to_string();
+        let plan = json_of(&[
+            "dispose",
+            "plan",
+            "--as-of",
+            &today_s,
+            "--by",
+            "records.manager",
+            "--lake",
+            &lake,
+            "--json",
+        ]);
+        assert_eq!(plan["records"].as_u64(), Some(due.len() as u64), "{plan}");
+        let manifest = plan["manifest"].as_str().unwrap().to_owned();
+        json_of(&[
+            "dispose",
+            "approve",
+            &manifest,
+            "--by",
+            "compliance",
+            "--lake",
+            &lake,
+            "--json",
+        ]);
+        let table = Path::new(&env.table);
+        let before = keys_on_disk(table);
+        let doomed: BTreeSet<&PathBuf> = before
+            .iter()
+            .filter(|(_, keys)| keys.iter().any(|k| due.contains_key(k.as_str())))
+            .map(|(f, _)| f)
+            .collect();
+        assert!(!doomed.is_empty());
+        let certs = dir.join("certs");
+        let done = json_of(&[
+            "dispose",
+            "execute",
+            &manifest,
+            "--by",
+            "cron",
+            "--for-real",
+            "--brokers",
+            &brokers,
+            "--grace",
+            "0s",
+            "--certificate-dir",
+            certs.to_str().unwrap(),
+            "--lake",
+            &lake,
+            "--json",
+        ]);
+
+        // The rows: exactly the due, unheld ones are gone; every held one survives.
+        let after = read_rows(&env.table).await;
+        let left: BTreeSet<&str> = after.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(after.len(), rows.len() - due.len());
+        for r in &rows {
+            assert_eq!(
+                left.contains(r.key.as_str()),
+                !due.contains_key(r.key.as_str()),
+                "record {} (held {})",
+                r.key,
+                held(r)
+            );
+        }
+        // The bytes: no Parquet file on disk holds a disposed record, and every file that held
+        // one is gone.
+        let now_on_disk = keys_on_disk(table);
+        for f in &doomed {
+            assert!(!f.exists(), "{} should have been vacuumed", f.display());
+        }
+        for (f, keys) in &now_on_disk {
+            assert!(
+                keys.iter().all(|k| !due.contains_key(k.as_str())),
+                "{} still holds a disposed record",
+                f.display()
+            );
+        }
+        // The certificate.
+        let cert = &done["certificate"];
+        assert_eq!(cert["disposed"].as_u64(), Some(due.len() as u64));
+        assert_eq!(cert["skipped_held"].as_u64(), Some(0));
+        let mut by_category: BTreeMap<String, u64> = BTreeMap::new();
+        for r in due.values() {
+            *by_category.entry(r.category.clone()).or_default() += 1;
+        }
+        let got: BTreeMap<String, u64> =
+            serde_json::from_value(cert["by_category"].clone()).unwrap();
+        assert_eq!(got, by_category);
+        let by_rule: u64 = cert["by_rule"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_rule, due.len() as u64);
+        assert_eq!(
+            cert["files_removed"].as_array().unwrap().len(),
+            doomed.len(),
+            "the certificate lists the files the vacuum removed"
+        );
+        let md = std::fs::read_to_string(certs.join(format!("{manifest}.md"))).unwrap();
+        assert!(
+            md.contains(&format!("| records disposed of | {} |", due.len())),
+            "{md}"
+        );
+        // The tombstones: one per disposed record, no PHI.
+        let tombstones = tombstones(&dir.join("disposals").display().to_string()).await;
+        assert_eq!(tombstones.len(), due.len());
+        for (key, in_manifest) in &tombstones {
+            assert!(due.contains_key(key.as_str()), "tombstone {key}");
+            assert_eq!(in_manifest, &manifest);
+        }
+        // The commands: one per disposed message, naming it for the mail system.
+        let b = brokers.clone();
+        let n = due.len();
+        let sent = tokio::task::spawn_blocking(move || commands(&b, n))
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), due.len());
+        for c in &sent {
+            let r = due.get(c.key_hash.as_str()).expect("a disposed record");
+            assert_eq!(c.message_id, r.message_id);
+            assert_eq!(c.manifest_id, manifest);
+            assert_eq!(c.command_id, format!("{manifest}/{}", c.key_hash));
+            assert!(c.retain_until <= today);
+            assert!(!c.policy_version.is_empty());
+        }
+        // Released later, the held records that are past their date are due at the next run.
+        json_of(&[
+            "hold",
+            "release",
+            &hold_id,
+            "--justification",
+            "settled",
+            "--approved-by",
+            "general.counsel",
+            "--by",
+            "counsel",
+            "--lake",
+            &lake,
+            "--json",
+        ]);
+        let next = json_of(&[
+            "dispose",
+            "plan",
+            "--as-of",
+            &today_s,
+            "--by",
+            "records.manager",
+            "--lake",
+            &lake,
+            "--json",
+        ]);
+        assert_eq!(next["records"].as_u64(), Some(held_due as u64), "{next}");
+
+        // The audit trail: every step is in it, it verifies, and tampering is caught.
+        let v = json_of(&["audit", "verify", "--lake", &lake, "--json"]);
+        for action in [
+            "hold_previewed",
+            "hold_created",
+            "hold_released",
+            "disposal_planned",
+            "disposal_approved",
+            "disposal_executed",
+        ] {
+            assert!(v["actions"][action].as_u64() >= Some(1), "{action}: {v}");
+        }
+        let root = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            super::audit_verifies_then_catches_a_tampered_entry(&root, total)
+        })
+        .await
+        .unwrap();
+        broker.shutdown().await.unwrap();
+        eprintln!("lifecycle test took {:.0?}", started.elapsed());
     }
 }

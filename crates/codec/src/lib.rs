@@ -21,6 +21,7 @@
 mod check;
 mod classified;
 mod direct;
+mod disposal;
 mod error;
 mod event;
 mod framing;
@@ -36,6 +37,7 @@ pub use apache_avro::types::Value;
 pub use classified::{
     ClassifiedRecord, Lineage, decode_classified_record, encode_classified_record,
 };
+pub use disposal::{DisposalCommandMessage, decode_disposal_command, encode_disposal_command};
 pub use error::{Error, Result};
 pub use event::{EventKeys, RetentionEventMessage, decode_retention_event, encode_retention_event};
 pub use framing::{

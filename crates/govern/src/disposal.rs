@@ -50,6 +50,12 @@ pub struct ManifestEntry {
     pub governing: Option<String>,
     /// The date the record could be disposed of from.
     pub retain_until: NaiveDate,
+    /// The classification rule that decided the category (for the disposal command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The policy version that computed `retain_until` (for the disposal command).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_version: String,
 }
 
 /// What a plan found due, as of a date.
@@ -432,6 +438,7 @@ impl<'a> Disposal<'a> {
                 && !disposed.is_empty()
             {
                 sink.publish(&m.id, &disposed).await?;
+                failpoint("disposal.after_commands");
             }
             let after = if disposed.is_empty() {
                 before
@@ -465,6 +472,7 @@ impl<'a> Disposal<'a> {
                     }
                 }
             };
+            failpoint("disposal.after_delete");
             self.records.refresh().await.map_err(lake)?;
             // Tombstones for what this manifest removed, including rows a crashed earlier
             // run deleted before writing them (gone, and not tombstoned by anyone).
@@ -473,13 +481,15 @@ impl<'a> Disposal<'a> {
             let already = self.disposals.tombstoned(&gone_keys).await?;
             let mut skipped_gone = 0;
             for e in gone {
-                if already.contains(&e.record_key) {
-                    skipped_gone += 1;
-                } else {
-                    tombstones.push(e.clone());
+                match already.get(&e.record_key) {
+                    // Ours, from an earlier run that died after its tombstones.
+                    Some(by) if *by == m.id => {}
+                    Some(_) => skipped_gone += 1,
+                    None => tombstones.push(e.clone()),
                 }
             }
             self.disposals.write(&m.id, &tombstones, now).await?;
+            failpoint("disposal.after_tombstones");
             // What this manifest disposed of, over every run of it (a re-run after a crash
             // counts what the first run tombstoned too).
             let tombstones = self.disposals.of_manifest(&m.id, &planned).await?;
@@ -527,6 +537,18 @@ impl<'a> Disposal<'a> {
                 certificate: Some(certificate),
             });
         }
+    }
+}
+
+/// The environment variable that names a failpoint: `retain dispose execute` dies (abort, as
+/// a `kill -9` would leave it) when it reaches that point. For the crash tests; unset in
+/// production, where checking it costs one lookup per execution step.
+pub const FAILPOINT_VAR: &str = "RETAIN_FAILPOINT";
+
+fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_VAR).is_ok_and(|v| v == name) {
+        eprintln!("{FAILPOINT_VAR}={name}: aborting here");
+        std::process::abort();
     }
 }
 
@@ -597,6 +619,7 @@ fn entries_of(b: &RecordBatch, keep: impl Fn(usize) -> bool) -> Result<Vec<Manif
         text("category")?,
         text("governing")?,
     );
+    let (rule, policy_version) = (text("rule")?, text("policy_version")?);
     let until = b
         .column_by_name("retain_until")
         .and_then(|c| c.as_primitive_opt::<Date32Type>())
@@ -623,6 +646,8 @@ fn entries_of(b: &RecordBatch, keep: impl Fn(usize) -> bool) -> Result<Vec<Manif
             category: category.value(i).to_owned(),
             governing: (!governing.is_null(i)).then(|| governing.value(i).to_owned()),
             retain_until,
+            rule: (!rule.is_null(i)).then(|| rule.value(i).to_owned()),
+            policy_version: policy_version.value(i).to_owned(),
         });
     }
     Ok(out)
@@ -631,6 +656,14 @@ fn entries_of(b: &RecordBatch, keep: impl Fn(usize) -> bool) -> Result<Vec<Manif
 /// One `record_key` column.
 fn key_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![text_field("record_key", false)]))
+}
+
+/// The `record_key` and `manifest_id` columns.
+fn key_manifest_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text_field("record_key", false),
+        text_field("manifest_id", false),
+    ]))
 }
 
 fn text_field(name: &str, nullable: bool) -> Field {
@@ -842,9 +875,9 @@ impl DisposalsTable {
         Ok(DisposalsTable { table, url })
     }
 
-    /// Which of `keys` have a tombstone already.
-    async fn tombstoned(&mut self, keys: &[&str]) -> Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
+    /// Which of `keys` have a tombstone already, and of which manifest.
+    async fn tombstoned(&mut self, keys: &[&str]) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
         if keys.is_empty() {
             return Ok(out);
         }
@@ -852,9 +885,21 @@ impl DisposalsTable {
         for chunk in keys.chunks(5_000) {
             let list = chunk.iter().map(|k| lit(*k)).collect();
             let filter = col("record_key").in_list(list, false);
-            for b in read(&self.table, DISPOSALS_TABLE, Some(filter), &key_schema()).await? {
-                let k = b.column(0).as_string::<i32>();
-                out.extend((0..b.num_rows()).map(|i| k.value(i).to_owned()));
+            for b in read(
+                &self.table,
+                DISPOSALS_TABLE,
+                Some(filter),
+                &key_manifest_schema(),
+            )
+            .await?
+            {
+                let (k, m) = (
+                    b.column(0).as_string::<i32>(),
+                    b.column(1).as_string::<i32>(),
+                );
+                out.extend(
+                    (0..b.num_rows()).map(|i| (k.value(i).to_owned(), m.value(i).to_owned())),
+                );
             }
         }
         Ok(out)

@@ -23,7 +23,7 @@ mod table;
 
 pub use coverage::{CompiledHold, HoldSet, cutoff, dated_by};
 pub use disposal::{
-    Certificate, CommandSink, DISPOSALS_TABLE, Disposal, DisposalsTable, Execution,
+    Certificate, CommandSink, DISPOSALS_TABLE, Disposal, DisposalsTable, Execution, FAILPOINT_VAR,
     MANIFESTS_TABLE, Manifest, ManifestEntry, ManifestState, ManifestStatus, ManifestsTable,
     disposals_schema, manifests_schema,
 };

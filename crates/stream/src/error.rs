@@ -107,6 +107,17 @@ pub enum Error {
         source: retain_lake::Error,
     },
 
+    /// A disposal command could not be encoded, or the broker did not acknowledge it.
+    #[error("disposal command {command_id} to `{topic}`: {reason}")]
+    Command {
+        /// The topic.
+        topic: String,
+        /// `<manifest>/<record key>` (no PHI).
+        command_id: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// Opening, reading or appending to the `audit` table failed.
     #[error("audit table: {source}")]
     Audit {
@@ -128,6 +139,7 @@ impl Error {
             | Error::MissingTopic { .. }
             | Error::Partitions { .. }
             | Error::Codec { .. }
+            | Error::Command { .. }
             | Error::Lake { .. }
             | Error::Audit { .. } => ErrorKind::Bug,
         }

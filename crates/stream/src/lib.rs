@@ -16,6 +16,7 @@
 
 mod audit;
 mod classifier;
+mod commands;
 mod config;
 mod error;
 mod facts;
@@ -25,6 +26,7 @@ mod scheduler;
 
 pub use audit::BACKFILL_LOOKBACK;
 pub use classifier::{Classifier, ClassifierStats};
+pub use commands::{CommandPublisher, TOPIC_DISPOSAL_COMMANDS, command_for};
 pub use config::{
     APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, FlushReason, GROUP_CLASSIFIER,
     GROUP_SCHEDULER, KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
