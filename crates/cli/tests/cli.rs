@@ -1403,6 +1403,15 @@ mod hold {
             let cert = &done["certificate"];
             assert_eq!(cert["disposed"].as_u64(), Some(due), "{point}: {cert}");
             assert_eq!(cert["skipped_gone"].as_u64(), Some(0), "{point}: {cert}");
+            // The versions are those around the crashed run's delete.
+            assert!(
+                cert["records_version_before"].as_u64() < cert["records_version_after"].as_u64(),
+                "{point}: {cert}"
+            );
+            assert!(
+                !cert["files_removed"].as_array().unwrap().is_empty(),
+                "{point}: {cert}"
+            );
             assert_eq!(
                 cert["by_category"]
                     .as_object()

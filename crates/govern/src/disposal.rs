@@ -440,8 +440,13 @@ impl<'a> Disposal<'a> {
                 sink.publish(&m.id, &disposed).await?;
                 failpoint("disposal.after_commands");
             }
-            let after = if disposed.is_empty() {
-                before
+            let (before, after) = if disposed.is_empty() {
+                // Nothing left to delete: an earlier run of this manifest may have deleted them
+                // and died; its commit names the versions for the certificate.
+                match delete_commit_of(self.records, &m.id, before).await? {
+                    Some(v) => (v.saturating_sub(1), v),
+                    None => (before, before),
+                }
             } else {
                 let list = disposed.iter().map(|e| lit(e.record_key.clone())).collect();
                 let properties = CommitProperties::default()
@@ -462,7 +467,7 @@ impl<'a> Disposal<'a> {
                     .with_commit_properties(properties)
                     .await;
                 match deleted {
-                    Ok((table, _)) => table.version().unwrap_or(0),
+                    Ok((table, _)) => (before, table.version().unwrap_or(0)),
                     Err(e) if retain_lake::is_commit_race(&e) && attempts < 5 => continue,
                     Err(e) => {
                         return Err(Error::Query {
@@ -560,6 +565,36 @@ fn counts(entries: &[ManifestEntry]) -> (BTreeMap<String, u64>, BTreeMap<String,
             .or_default() += 1;
     }
     (c, r)
+}
+
+/// How far back [`delete_commit_of`] looks: a re-run follows its crashed run closely.
+const DELETE_LOOKBACK: u64 = 1_000;
+
+/// The version of the commit that deleted manifest `id`'s records (its commit info says
+/// `"retain": {"appId": "retain-disposal", "manifest": id}`), looking back from `latest`.
+async fn delete_commit_of(records: &RecordsTable, id: &str, latest: u64) -> Result<Option<u64>> {
+    let store = records.delta_table().log_store();
+    for v in (latest.saturating_sub(DELETE_LOOKBACK)..=latest).rev() {
+        let bytes = store.read_commit_entry(v).await.map_err(|e| Error::Query {
+            doing: format!("reading commit {v} of the records table"),
+            source: Box::new(e),
+        })?;
+        let Some(bytes) = bytes else { continue };
+        for line in bytes.split(|&b| b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let retain = action.get("commitInfo").and_then(|i| i.get("retain"));
+            if retain
+                .and_then(|r| r.get("manifest"))
+                .and_then(|m| m.as_str())
+                == Some(id)
+            {
+                return Ok(Some(v));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Runs `query` over `records` and returns batches in the table's own types.
