@@ -26,6 +26,7 @@ mod output;
 mod policy_cmd;
 mod policy_demo;
 mod run;
+mod sql_cmd;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,8 @@ enum Command {
     Policy(policy_cmd::PolicyCommand),
     /// Run the streaming stages (classifier, scheduler or both) until SIGINT or SIGTERM.
     Run(run::RunArgs),
+    /// Read-only SQL over the lake's tables, views and functions (docs/sql.md); audited.
+    Sql(sql_cmd::SqlArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Run(args) => run::run(args),
+        Command::Sql(args) => sql_cmd::run(args),
     };
     match result {
         Ok(code) => code,

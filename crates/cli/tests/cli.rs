@@ -2027,3 +2027,289 @@ mod lifecycle {
         eprintln!("lifecycle test took {:.0?}", started.elapsed());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `retain sql`: read-only SQL over a demo lake with holds; output formats, files, exit codes,
+// and the audit trail.
+
+mod sql {
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+    use std::path::Path;
+    use std::process::{Command, Output, Stdio};
+
+    use super::{stderr, stdout};
+
+    fn retain_in(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .env_remove("RETAIN_SQL_FORMAT")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(o: Output) -> Output {
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    }
+
+    fn json(o: &Output) -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// JSON Lines: one object per row.
+    fn rows(o: &Output) -> Vec<serde_json::Value> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A demo lake of 200 messages with an active hold on clinical mail and a released hold on
+    /// administrative mail; returns the demo's counts by category.
+    fn lake(d: &Path) -> BTreeMap<String, u64> {
+        let demo = json(&retain_in(d, &["demo", "-n", "200", "--json"]));
+        for (category, release) in [("clinical", false), ("administrative", true)] {
+            let created = json(&retain_in(
+                d,
+                &[
+                    "hold",
+                    "create",
+                    "--matter",
+                    "Doe v. Clinic",
+                    "--reason",
+                    "served",
+                    "--by",
+                    "counsel",
+                    "--category",
+                    category,
+                    "--json",
+                ],
+            ));
+            if release {
+                let id = created["hold"]["id"].as_str().unwrap();
+                ok(retain_in(
+                    d,
+                    &[
+                        "hold",
+                        "release",
+                        id,
+                        "--justification",
+                        "settled",
+                        "--approved-by",
+                        "general.counsel",
+                        "--by",
+                        "counsel",
+                    ],
+                ));
+            }
+        }
+        demo["by_category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_u64().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn sql_queries_the_lake_in_csv_and_json_and_audits_each_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let by_category = lake(d);
+        let total: u64 = by_category.values().sum();
+
+        // CSV: a header, then the rows.
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "-c",
+                "SELECT count(*) AS n FROM records",
+                "--format",
+                "csv",
+            ],
+        ));
+        assert_eq!(stdout(&o), format!("n\n{total}\n"));
+
+        // JSON Lines: one object per row; counts by category are the demo's.
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--by",
+                "analyst",
+                "--format",
+                "json",
+                "--timing",
+                "-c",
+                "SELECT category, count(*) AS n FROM records GROUP BY category ORDER BY category",
+            ],
+        ));
+        let got: BTreeMap<String, u64> = rows(&o)
+            .iter()
+            .map(|r| {
+                (
+                    r["category"].as_str().unwrap().to_owned(),
+                    r["n"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, by_category);
+        assert!(stderr(&o).contains("statement 1:"), "{}", stderr(&o));
+
+        // Only the clinical hold is active; what it covers is what the demo landed as clinical.
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--format",
+                "json",
+                "-c",
+                "SELECT hold_id, (SELECT count(*) FROM records_on_hold) AS held, \
+                 (SELECT count(*) FROM records WHERE is_held()) AS held_too FROM active_holds",
+            ],
+        ));
+        let active = rows(&o);
+        assert_eq!(active.len(), 1, "{active:?}");
+        assert_eq!(
+            active[0]["held"].as_u64(),
+            by_category.get("clinical").copied()
+        );
+        assert_eq!(active[0]["held_too"], active[0]["held"]);
+
+        // -f: two statements, printed one after the other; NULLs are written out in JSON.
+        let file = d.join("two.sql");
+        std::fs::write(
+            &file,
+            "-- counts\nSELECT count(*) AS n FROM records;\n\
+             SELECT count(*) AS due FROM disposal_candidates('2030-01-01');\n",
+        )
+        .unwrap();
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--by",
+                "analyst",
+                "-f",
+                file.to_str().unwrap(),
+                "--format",
+                "csv",
+            ],
+        ));
+        let out = stdout(&o);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(lines[0], "n");
+        assert_eq!(lines[1], total.to_string());
+        assert_eq!(lines[2], "due");
+        assert!(lines[3].parse::<u64>().unwrap() <= total);
+
+        // Standard input that is not a terminal is read as a file.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(["sql", "--format", "csv"])
+            .current_dir(d)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"SELECT 1 AS one;")
+            .unwrap();
+        let o = ok(child.wait_with_output().unwrap());
+        assert_eq!(stdout(&o), "one\n1\n");
+
+        // The table format prints a row count.
+        let o = ok(retain_in(d, &["sql", "-c", "SELECT 1 AS one"]));
+        assert!(stdout(&o).ends_with("1 row\n"), "{}", stdout(&o));
+
+        // Every statement run is in the audit trail: who, which tables, a hash, no query text.
+        let show = json(&retain_in(
+            d,
+            &["audit", "show", "--json", "--limit", "100"],
+        ));
+        let queries: Vec<&serde_json::Value> = show
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "sql_query")
+            .collect();
+        assert_eq!(queries.len(), 7, "{queries:?}");
+        let by_analyst = queries.iter().filter(|e| e["actor"] == "analyst").count();
+        assert_eq!(by_analyst, 3);
+        for e in &queries {
+            assert_eq!(e["details"]["query_sha256"].as_str().unwrap().len(), 64);
+            assert!(!e.to_string().contains("count(*)"), "no query text: {e}");
+        }
+        assert!(queries.iter().any(|e| e["target"] == "records"
+            && e["details"]["tables"] == serde_json::json!(["records"])));
+        let verify = json(&retain_in(d, &["audit", "verify", "--json"]));
+        assert_eq!(verify["intact"], true, "{verify}");
+    }
+
+    #[test]
+    fn sql_refuses_bad_queries_with_exit_2_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        lake(d);
+        let audited = |d: &Path| {
+            json(&retain_in(d, &["audit", "verify", "--json"]))["actions"]["sql_query"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+
+        let o = retain_in(d, &["sql", "-c", "SELECT categry FROM records"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("categry"), "{}", stderr(&o));
+
+        for ddl in [
+            "CREATE TABLE t AS SELECT 1",
+            "DROP TABLE records",
+            "DELETE FROM records",
+            "INSERT INTO holds SELECT * FROM holds",
+        ] {
+            let o = retain_in(d, &["sql", "-c", ddl]);
+            assert_eq!(o.status.code(), Some(2), "{ddl}: {}", stderr(&o));
+            assert!(stderr(&o).contains("read-only"), "{ddl}: {}", stderr(&o));
+        }
+
+        // A file with a bad second statement runs nothing.
+        let file = d.join("bad.sql");
+        std::fs::write(&file, "SELECT 1 AS one; SELECT nope FROM records;").unwrap();
+        let o = retain_in(d, &["sql", "-f", file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+        assert!(stderr(&o).contains("statement 2") && stderr(&o).contains("nope"));
+
+        let o = retain_in(d, &["sql", "-c", "SELEC 1"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+        // A lake root without records is refused, and nothing is created there.
+        let o = retain_in(d, &["sql", "--lake", "elsewhere", "-c", "SELECT 1"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(!d.join("elsewhere").exists());
+
+        // Refused statements never ran, so none is audited; the holds are as they were.
+        assert_eq!(audited(d), 0);
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                "SELECT count(*) AS n FROM holds",
+            ],
+        ));
+        assert_eq!(stdout(&o), "n\n3\n");
+    }
+}

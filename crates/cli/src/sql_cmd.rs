@@ -1,0 +1,357 @@
+//! `retain sql`: read-only SQL over the lake (the `retain-query` catalog), from `-c`, `-f`,
+//! standard input or an interactive prompt; every statement that runs is audited.
+//!
+//! Output: `table` (Arrow's pretty printer and a row count), `csv` (a header, then one line per
+//! row), `json` (JSON Lines: one object per row, nulls written out). Exit codes: 0 done, 2 a
+//! query to fix (syntax, an unknown table, column or function, a statement that would change
+//! something), 1 a failure (storage, memory limit, the audit trail).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use clap::Args;
+use retain_lake::{AuditAction, AuditEntry, AuditTable};
+use retain_query::datafusion::arrow::array::RecordBatch;
+use retain_query::datafusion::arrow::datatypes::SchemaRef;
+use retain_query::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use retain_query::{Catalog, CatalogOptions, Statement, table_location};
+
+use crate::hold_cmd::LakeArgs;
+use crate::output::{BadInput, Format, csv_field};
+
+/// `retain sql`.
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// The lake root (folder, file:// or s3:// URL) with the records, holds, ... tables.
+    #[arg(
+        long,
+        value_name = "ROOT",
+        env = "RETAIN_LAKE_ROOT",
+        default_value = "lake"
+    )]
+    lake: String,
+    /// A configuration file for `[lake.storage]` options (RETAIN__LAKE__STORAGE__* also work).
+    #[arg(long, value_name = "FILE", env = "RETAIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run these statements (separated by `;`) and exit.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SQL",
+        conflicts_with = "file"
+    )]
+    command: Option<String>,
+    /// Run the statements in this file (separated by `;`) and exit.
+    #[arg(short = 'f', long = "file", value_name = "FILE.sql")]
+    file: Option<PathBuf>,
+    /// How results are printed: table, csv or json (JSON Lines, one object per row).
+    #[arg(long, value_enum, default_value = "table", env = "RETAIN_SQL_FORMAT")]
+    format: Format,
+    /// Print each statement's row count and elapsed time to standard error.
+    #[arg(long)]
+    timing: bool,
+    /// Who runs the queries (for the audit trail; default: $USER).
+    #[arg(long, value_name = "NAME", env = "RETAIN_SQL_BY")]
+    by: Option<String>,
+    /// Memory all running queries may hold (e.g. 512MiB, 2GiB); sorts and joins spill beyond.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "1GiB",
+        env = "RETAIN_SQL_MEMORY_LIMIT",
+        value_parser = parse_size
+    )]
+    memory_limit: usize,
+}
+
+/// `512MiB`, `2GiB`, `1048576`: bytes.
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512MiB, 2GiB)"))?;
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    let bytes = n * unit as f64;
+    if !(1.0..=usize::MAX as f64).contains(&bytes) {
+        return Err(format!("`{s}` is not a usable memory limit"));
+    }
+    Ok(bytes as usize)
+}
+
+/// Runs `retain sql`.
+pub fn run(args: SqlArgs) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(sql(args))
+}
+
+struct Session {
+    catalog: Catalog,
+    audit: AuditTable,
+    by: String,
+    format: Format,
+    timing: bool,
+}
+
+async fn sql(a: SqlArgs) -> Result<ExitCode> {
+    let lake = LakeArgs {
+        lake: a.lake.clone(),
+        config: a.config.clone(),
+        json: false,
+    };
+    let options = crate::hold_cmd::storage(&lake)?;
+    // Refuses (exit 2) a lake root without records, so a mistyped --lake creates nothing.
+    crate::hold_cmd::records(&lake, &options).await?;
+    let audit = AuditTable::open_or_create(&table_location(&a.lake, "audit"), options.clone())
+        .await
+        .context("opening the audit table")?;
+    let catalog = Catalog::open(
+        &a.lake,
+        options,
+        CatalogOptions {
+            memory_limit: a.memory_limit,
+            ..CatalogOptions::default()
+        },
+    )
+    .await
+    .map_err(query_error)?;
+    let by =
+        a.by.clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "unknown".to_owned());
+    let mut s = Session {
+        catalog,
+        audit,
+        by,
+        format: a.format,
+        timing: a.timing,
+    };
+    let text = if let Some(c) = a.command {
+        c
+    } else if let Some(f) = &a.file {
+        std::fs::read_to_string(f)
+            .map_err(|e| BadInput(format!("cannot read {}: {e}", f.display())))?
+    } else if std::io::stdin().is_terminal() {
+        return repl(&mut s).await;
+    } else {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .context("reading SQL from standard input")?;
+        t
+    };
+    run_text(&mut s, &text).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A retain-query error as a CLI error: the user's to fix (exit 2) or not (exit 1).
+fn query_error(e: retain_query::Error) -> anyhow::Error {
+    if e.is_bad_input() {
+        BadInput(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// Plans every statement of `text` (nothing runs if one is bad), then runs, audits and prints
+/// each in turn.
+async fn run_text(s: &mut Session, text: &str) -> Result<()> {
+    let statements = s.catalog.plan(text).await.map_err(query_error)?;
+    for st in &statements {
+        let started = Instant::now();
+        let result = s.catalog.execute(st).await;
+        let rows = result
+            .as_ref()
+            .map(|b| b.iter().map(RecordBatch::num_rows).sum::<usize>())
+            .ok();
+        // The entry is written before any result is shown: no unaudited reads.
+        audit(s, st, rows).await?;
+        let batches = result.map_err(query_error)?;
+        print(s.format, &schema_of(st), &batches)?;
+        if s.timing {
+            eprintln!(
+                "statement {}: {} rows in {:.3}s",
+                st.index,
+                rows.unwrap_or(0),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn schema_of(st: &Statement) -> SchemaRef {
+    st.plan().schema().inner().clone()
+}
+
+async fn audit(s: &mut Session, st: &Statement, rows: Option<usize>) -> Result<()> {
+    let versions: BTreeMap<&str, Option<u64>> = s
+        .catalog
+        .tables()
+        .iter()
+        .filter(|t| st.tables.contains(&t.name))
+        .map(|t| (t.name.as_str(), t.version))
+        .collect();
+    let target = if st.tables.is_empty() {
+        "none".to_owned()
+    } else {
+        st.tables.join(",")
+    };
+    // No query text: literals in it (a name, an MRN) can be PHI. The hash identifies it.
+    let mut entry = AuditEntry::new(AuditAction::SqlQuery, &s.by, Utc::now(), target).with_details(
+        &serde_json::json!({
+            "query_sha256": st.sha256,
+            "statement": st.index,
+            "tables": st.tables,
+            "named": st.named,
+            "versions": versions,
+            "outcome": if rows.is_some() { "ok" } else { "failed" },
+            "rows": rows,
+        }),
+    );
+    if let Some(v) = versions.get("records").copied().flatten() {
+        entry = entry.with_table_version(v as i64);
+    }
+    s.audit
+        .append(&[entry])
+        .await
+        .context("writing the sql_query audit entry")?;
+    Ok(())
+}
+
+fn print(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    match format {
+        Format::Table => {
+            use retain_query::datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
+            let t = pretty_format_batches_with_schema(schema.clone(), batches)
+                .context("formatting the result")?;
+            outln!("{t}");
+            outln!("{rows} row{}", if rows == 1 { "" } else { "s" });
+        }
+        Format::Csv => {
+            let header: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|f| csv_field(f.name()))
+                .collect();
+            let mut out = header.join(",");
+            out.push('\n');
+            let options = FormatOptions::default();
+            for b in batches {
+                let cells = b
+                    .columns()
+                    .iter()
+                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .context("formatting the result")?;
+                for i in 0..b.num_rows() {
+                    let line: Vec<String> = cells
+                        .iter()
+                        .zip(b.columns())
+                        .map(|(f, c)| {
+                            if c.is_null(i) {
+                                String::new()
+                            } else {
+                                csv_field(&f.value(i).to_string())
+                            }
+                        })
+                        .collect();
+                    out.push_str(&line.join(","));
+                    out.push('\n');
+                }
+            }
+            out!("{out}");
+        }
+        Format::Json => {
+            use retain_query::datafusion::arrow::json::WriterBuilder;
+            use retain_query::datafusion::arrow::json::writer::LineDelimited;
+            let mut w = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(Vec::new());
+            for b in batches {
+                w.write(b).context("formatting the result as JSON")?;
+            }
+            w.finish().context("formatting the result as JSON")?;
+            out!("{}", String::from_utf8_lossy(&w.into_inner()));
+        }
+    }
+    Ok(())
+}
+
+/// The interactive shell: statements end with `;`; `\q` (or `quit`, `exit`, end of input)
+/// leaves. A bad statement prints its error and the shell goes on.
+async fn repl(s: &mut Session) -> Result<ExitCode> {
+    eprintln!(
+        "retain sql: read-only SQL over the lake ({} active holds; today is {}). End statements with `;`, \\q to quit; docs/sql.md lists the tables.",
+        s.catalog.active_holds().len(),
+        s.catalog.today()
+    );
+    let stdin = std::io::stdin();
+    let mut buffer = String::new();
+    loop {
+        eprint!(
+            "{}",
+            if buffer.is_empty() {
+                "retain> "
+            } else {
+                "   ...> "
+            }
+        );
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let trimmed = line.trim();
+        if buffer.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit" | "quit;" | "exit;") {
+            break;
+        }
+        buffer.push_str(&line);
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let text = std::mem::take(&mut buffer);
+        if let Err(e) = run_text(s, &text).await {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Retain's lake as SQL: a [`Catalog`] opens one DataFusion session over the Delta tables under
+//! a lake root (`records`, `holds`, `manifests`, `disposals`, `audit`), adds views
+//! (`current_holds`, `active_holds`, `hold_coverage`, `records_on_hold`,
+//! `upcoming_disposals`) and functions (`is_held()`, `years_until_disposal(...)`, the
+//! `disposal_candidates(as_of)` table function), limits the memory its queries may use, and
+//! refuses anything but queries. `docs/sql.md` is the reference; `retain sql` and the SQL
+//! endpoint build on it.
+//!
+//! Hold coverage follows `retain-govern` exactly: a hold covers a record when its condition is
+//! true or NULL; a record is a disposal candidate when it is scheduled, its `retain_until` is on
+//! or before the cut-off (the as-of date, never after today) and no active hold covers it.
+
+mod catalog;
+mod error;
+mod functions;
+
+pub use catalog::{
+    ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS, LakeTable,
+    Statement, TABLES, VIEWS, sha256_hex, sql_options, table_location,
+};
+pub use error::{Error, Result};
+pub use functions::{DAYS_PER_YEAR, DISPOSAL_CANDIDATES, IS_HELD, YEARS_UNTIL_DISPOSAL};
+
+/// Re-exported so callers use the exact DataFusion (and Arrow) the catalog was built with.
+pub use datafusion;
