@@ -36,6 +36,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub scheduler: SchedulerSection,
     #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
     pub metrics: MetricsSection,
 }
 
@@ -56,6 +58,8 @@ pub struct LakeSection {
     pub location: Option<String>,
     /// The `audit` table; default: `location` with its last segment `records` made `audit`.
     pub audit: Option<String>,
+    /// The `events` table; default: `location` with its last segment `records` made `events`.
+    pub events: Option<String>,
     /// Object-store options (may hold keys; never printed).
     #[serde(default)]
     pub storage: toml::Table,
@@ -68,6 +72,7 @@ pub struct TopicsSection {
     pub input: Option<String>,
     pub classified: Option<String>,
     pub disposal_commands: Option<String>,
+    pub retention_events: Option<String>,
 }
 
 /// `[classifier]`.
@@ -87,6 +92,17 @@ pub struct SchedulerSection {
     pub max_latency: Option<HumanDuration>,
     pub max_bytes: Option<ByteSize>,
     pub target_file_size: Option<ByteSize>,
+    /// How often the scheduler re-reads the `events` table it joins at landing.
+    pub events_refresh: Option<HumanDuration>,
+}
+
+/// `[events]`: the events stage (`retain run events`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EventsSection {
+    pub max_events: Option<usize>,
+    pub max_latency: Option<HumanDuration>,
+    pub recheck_window: Option<HumanDuration>,
 }
 
 /// `[metrics]`.

@@ -22,10 +22,14 @@ mod dispose_cmd;
 mod generate;
 mod hold_cmd;
 mod import;
+mod lake_cmd;
 mod output;
+mod patient_cmd;
 mod policy_cmd;
 mod policy_demo;
+mod report_cmd;
 mod run;
+mod serve_cmd;
 mod sql_cmd;
 
 use std::process::ExitCode;
@@ -62,11 +66,23 @@ enum Command {
     Hold(hold_cmd::HoldCommand),
     /// Read maildir/mbox/.eml files and produce them as Avro MailMessages to Kafka.
     Import(import::ImportArgs),
+    /// Maintain the records table: compact its files, cluster them by retain_until.
+    #[command(subcommand)]
+    Lake(lake_cmd::LakeCommand),
+    /// Patient requests: every record referencing a patient (audited PHI access).
+    #[command(subcommand)]
+    Patient(patient_cmd::PatientCommand),
     /// Check, explain and try out retention policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// A standard report (inventory, forecast, holds, disposals, access) as a table, CSV, JSON
+    /// or HTML (docs/reports.md); audited.
+    Report(report_cmd::ReportArgs),
     /// Run the streaming stages (classifier, scheduler or both) until SIGINT or SIGTERM.
     Run(run::RunArgs),
+    /// The PostgreSQL-wire SQL endpoint for psql, drivers and BI tools (password logins, PHI
+    /// masked for analysts, read-only, audited); `serve user add` manages its users.
+    Serve(serve_cmd::ServeArgs),
     /// Read-only SQL over the lake's tables, views and functions (docs/sql.md); audited.
     Sql(sql_cmd::SqlArgs),
 }
@@ -89,8 +105,12 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Hold(cmd) => hold_cmd::run(cmd),
         Command::Import(args) => import::run(args),
+        Command::Lake(cmd) => lake_cmd::run(cmd),
+        Command::Patient(cmd) => patient_cmd::run(cmd),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Report(args) => report_cmd::run(args),
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Sql(args) => sql_cmd::run(args),
     };
     match result {

@@ -25,6 +25,57 @@ pub enum PolicyCommand {
     Classify(ClassifyArgs),
     /// The policy engine on the sample corpus and five healthcare cases (no broker, no lake).
     Demo(crate::policy_demo::DemoArgs),
+    /// What a new policy would change on every landed record (nothing written but an audit
+    /// entry): dates moving later, earlier, becoming due now, by category and rule.
+    Diff(DiffArgs),
+    /// Recompute every landed record under a new policy and rewrite the changed rows in one
+    /// commit (idempotent, audited); refused under the compliance lock if a date moves earlier.
+    Apply(ApplyArgs),
+    /// Turn the compliance lock on: from then on `apply` refuses any earlier date. There is no
+    /// way to turn it off.
+    Lock(LockArgs),
+}
+
+/// Arguments of `retain policy diff`.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The new policy file (TOML), layered over the built-in pack; `builtin` for the pack alone.
+    #[arg(env = "RETAIN_NEW_POLICY")]
+    policy: String,
+    /// Who asks (written to the audit trail).
+    #[arg(long, env = "RETAIN_BY", default_value = "retain-cli")]
+    by: String,
+    /// "Due now" as of this date (default: today, never later than today).
+    #[arg(long, value_name = "DATE", env = "RETAIN_AS_OF")]
+    as_of: Option<chrono::NaiveDate>,
+    #[command(flatten)]
+    lake: crate::hold_cmd::LakeArgs,
+}
+
+/// Arguments of `retain policy apply`.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The new policy file (TOML); `builtin` for the pack alone.
+    #[arg(env = "RETAIN_NEW_POLICY")]
+    policy: String,
+    /// Who approved the change (must differ from --by).
+    #[arg(long, env = "RETAIN_APPROVED_BY")]
+    approved_by: String,
+    /// Who applies it.
+    #[arg(long, env = "RETAIN_BY")]
+    by: String,
+    #[command(flatten)]
+    lake: crate::hold_cmd::LakeArgs,
+}
+
+/// Arguments of `retain policy lock`.
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// Who turns the lock on.
+    #[arg(long, env = "RETAIN_BY")]
+    by: String,
+    #[command(flatten)]
+    lake: crate::hold_cmd::LakeArgs,
 }
 
 /// Arguments of `retain policy check`.
@@ -103,7 +154,180 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Explain(a) => explain(a),
         PolicyCommand::Classify(a) => classify_cmd(a),
         PolicyCommand::Demo(a) => crate::policy_demo::run(a),
+        PolicyCommand::Diff(a) => change_cmd(ChangeCmd::Diff(a)),
+        PolicyCommand::Apply(a) => change_cmd(ChangeCmd::Apply(a)),
+        PolicyCommand::Lock(a) => change_cmd(ChangeCmd::Lock(a)),
     }
+}
+
+enum ChangeCmd {
+    Diff(DiffArgs),
+    Apply(ApplyArgs),
+    Lock(LockArgs),
+}
+
+fn load_named(name: &str) -> Result<Policy> {
+    if name == "builtin" {
+        load_policy(None)
+    } else {
+        Ok(Policy::load(name)?)
+    }
+}
+
+/// Refusals (the lock, blank or equal names) exit 2.
+fn events_error(e: retain_events::Error) -> anyhow::Error {
+    if e.is_refusal() {
+        BadInput(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+fn change_cmd(cmd: ChangeCmd) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let lake = match &cmd {
+            ChangeCmd::Diff(a) => &a.lake,
+            ChangeCmd::Apply(a) => &a.lake,
+            ChangeCmd::Lock(a) => &a.lake,
+        };
+        let options = crate::hold_cmd::storage(lake)?;
+        let mut records = crate::hold_cmd::records(lake, &options).await?;
+        let mut audit = retain_lake::AuditTable::open_or_create(
+            &crate::hold_cmd::table_location(&lake.lake, "audit"),
+            options,
+        )
+        .await
+        .context("opening the audit table")?;
+        let json = lake.json;
+        let today = chrono::Utc::now().date_naive();
+        match cmd {
+            ChangeCmd::Lock(a) => {
+                let v =
+                    retain_events::lock(&mut records, Some(&mut audit), &a.by, chrono::Utc::now())
+                        .await
+                        .map_err(events_error)?;
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "locked": true, "records_version": v })
+                    );
+                } else {
+                    outln!("compliance lock: on (records version {v}); it cannot be turned off");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCmd::Diff(a) => {
+                let policy = load_named(&a.policy)?;
+                let as_of = a.as_of.map_or(today, |d| d.min(today));
+                let report = retain_events::PolicyChange::new(&policy, as_of)
+                    .diff(&mut records, Some(&mut audit), &a.by, chrono::Utc::now())
+                    .await
+                    .map_err(events_error)?;
+                print_report(&report, json);
+                Ok(ExitCode::SUCCESS)
+            }
+            ChangeCmd::Apply(a) => {
+                if a.by.trim().eq_ignore_ascii_case(a.approved_by.trim()) {
+                    return Err(BadInput(
+                        "--approved-by must name someone other than --by".to_owned(),
+                    )
+                    .into());
+                }
+                let policy = load_named(&a.policy)?;
+                let applied = retain_events::PolicyChange::new(&policy, today)
+                    .apply(
+                        &mut records,
+                        Some(&mut audit),
+                        &a.by,
+                        &a.approved_by,
+                        chrono::Utc::now(),
+                    )
+                    .await
+                    .map_err(events_error)?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&applied)?);
+                } else {
+                    print_report(&applied.report, false);
+                    match applied.version {
+                        Some(v) => outln!(
+                            "applied: {} record(s) rewritten in records version {v}",
+                            applied.rows_changed
+                        ),
+                        None => outln!(
+                            "nothing to apply: every record is already scheduled under this policy"
+                        ),
+                    }
+                }
+                Ok(if applied.version.is_some() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                })
+            }
+        }
+    })
+}
+
+fn print_report(r: &retain_events::DiffReport, json: bool) {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    outln!(
+        "policy {} over {} record(s) (records version {}, due as of {}){}",
+        r.policy_version,
+        r.records,
+        r.records_version,
+        r.as_of.map(|d| d.to_string()).unwrap_or_default(),
+        if r.locked { "; compliance lock ON" } else { "" }
+    );
+    outln!(
+        "later: {}  earlier: {}  due now: {}  same date, rewritten: {}  unchanged: {}",
+        r.total.later,
+        r.total.earlier,
+        r.total.due_now,
+        r.total.same_date,
+        r.total.unchanged
+    );
+    if let Some(d) = r.earliest_newly_due {
+        outln!("earliest newly due date: {d}");
+    }
+    let rows = |m: &std::collections::BTreeMap<String, retain_events::change::Counts>| {
+        m.iter()
+            .filter(|(_, c)| c.changed() > 0)
+            .map(|(k, c)| {
+                vec![
+                    k.clone(),
+                    c.later.to_string(),
+                    c.earlier.to_string(),
+                    c.due_now.to_string(),
+                    c.same_date.to_string(),
+                    c.unchanged.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>()
+    };
+    let header = ["later", "earlier", "due now", "same date", "unchanged"];
+    let by_cat = rows(&r.by_category);
+    if !by_cat.is_empty() {
+        let mut h = vec!["category"];
+        h.extend(header);
+        outln!("{}", table(&h, &by_cat));
+        let mut h = vec!["governing rule (new)"];
+        h.extend(header);
+        outln!("{}", table(&h, &rows(&r.by_rule)));
+    }
+    for (what, keys) in [
+        ("later", &r.samples_later),
+        ("earlier", &r.samples_earlier),
+        ("due now", &r.samples_due_now),
+    ] {
+        if !keys.is_empty() {
+            outln!("sample record keys ({what}): {}", keys.join(" "));
+        }
+    }
+    outln!("scanned and recomputed in {} ms", r.elapsed_ms);
 }
 
 /// Loads the built-in pack, or a file layered over it.

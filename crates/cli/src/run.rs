@@ -1,4 +1,4 @@
-//! `retain run classifier|scheduler|all`: the long-lived streaming stages as a process.
+//! `retain run classifier|scheduler|events|all`: the long-lived streaming stages as a process.
 //!
 //! Settings are layered (crate::config): built-in defaults < the `--config` file (TOML,
 //! `deploy/retain.toml` documents every key) < `RETAIN__SECTION__KEY` variables < flags. The chosen stage(s) run until SIGINT
@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use retain_stream::{
-    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, KafkaConfig, MetricsRegistry,
-    NoFacts, Scheduler, SchedulerConfig, SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL,
-    serve_metrics,
+    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, EventsConfig, EventsFacts,
+    EventsStage, EventsStats, KafkaConfig, MetricsRegistry, NoFacts, Scheduler, SchedulerConfig,
+    SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL, TOPIC_RETENTION_EVENTS, serve_metrics,
 };
 use tokio::task::JoinSet;
 
@@ -32,14 +33,20 @@ pub enum Stage {
     Classifier,
     /// `retain.classified` → schedule → the `records` Delta table.
     Scheduler,
-    /// Both, in one process.
+    /// `retain.retention-events` → the `events` table → re-dated `records` (one process owns
+    /// the whole topic; docs/events.md).
+    Events,
+    /// The classifier and the scheduler, in one process (the events stage runs on its own).
     All,
 }
+
+/// How often the scheduler re-reads the `events` table by default.
+const EVENTS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Arguments of `retain run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The stage to run: classifier, scheduler or all.
+    /// The stage to run: classifier, scheduler, events or all (classifier and scheduler).
     #[arg(value_enum)]
     stage: Stage,
     /// A TOML configuration file (see deploy/retain.toml); flags and environment override it.
@@ -48,8 +55,8 @@ pub struct RunArgs {
     /// Kafka bootstrap servers (`host:port,...`). Overrides `[kafka] bootstrap-servers`.
     #[arg(long, env = "RETAIN_BROKERS")]
     brokers: Option<String>,
-    /// The `records` table location for the scheduler: a path, `file://` or `s3://` URL.
-    /// Overrides `[lake] location`.
+    /// The `records` table location for the scheduler and the events stage: a path, `file://`
+    /// or `s3://` URL. Overrides `[lake] location`.
     #[arg(long, env = "RETAIN_LAKE")]
     lake: Option<String>,
     /// A policy file layered over the built-in pack. Overrides `policy`.
@@ -61,6 +68,9 @@ pub struct RunArgs {
     /// The classified topic. Overrides `[topics] classified`.
     #[arg(long, env = "RETAIN_CLASSIFIED_TOPIC")]
     classified_topic: Option<String>,
+    /// The retention-events topic. Overrides `[topics] retention-events`.
+    #[arg(long, env = "RETAIN_EVENTS_TOPIC")]
+    events_topic: Option<String>,
     /// The consumer group of the stage (not with `all`: set `[classifier] group` and
     /// `[scheduler] group`). Overrides the file.
     #[arg(long, env = "RETAIN_GROUP")]
@@ -79,6 +89,9 @@ struct Resolved {
     metrics: Option<SocketAddr>,
     classifier: Option<ClassifierConfig>,
     scheduler: Option<SchedulerConfig>,
+    /// The scheduler's `events` table join: where, and how often it is re-read.
+    events_facts: Option<(String, Duration)>,
+    events: Option<EventsConfig>,
 }
 
 /// Runs `retain run`.
@@ -143,7 +156,11 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         )));
     }
 
-    let scheduler = if matches!(a.stage, Stage::Scheduler | Stage::All) {
+    // The tables of the scheduler and the events stage: `records`, and its siblings `audit`
+    // and `events` unless set.
+    let tables = if matches!(a.stage, Stage::Classifier) {
+        None
+    } else {
         let location = a
             .lake
             .clone()
@@ -151,22 +168,39 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
             .filter(|l| !l.trim().is_empty())
             .ok_or_else(|| {
                 bad(format!(
-                    "the scheduler needs a table location: set --lake, RETAIN_LAKE or [lake] location in {origin}"
+                    "the {} needs a table location: set --lake, RETAIN_LAKE or [lake] location in {origin}",
+                    if a.stage == Stage::Events { "events stage" } else { "scheduler" }
                 ))
             })?;
-        let audit = match file.lake.audit.clone().filter(|l| !l.trim().is_empty()) {
-            Some(a) => a,
-            None => crate::audit_cmd::sibling_audit(&location).ok_or_else(|| {
-                bad(format!(
-                    "the records table location `{location}` does not end in `records`, so the audit table cannot default to its sibling `audit`: set [lake] audit (RETAIN__LAKE__AUDIT) in {origin}"
-                ))
-            })?,
+        let sibling = |set: &Option<String>, name: &str, var: &str| -> Result<String> {
+            match set.clone().filter(|l| !l.trim().is_empty()) {
+                Some(l) => Ok(l),
+                None => sibling_table(&location, name).ok_or_else(|| {
+                    bad(format!(
+                        "the records table location `{location}` does not end in `records`, so the {name} table cannot default to its sibling `{name}`: set [lake] {name} ({var}) in {origin}"
+                    ))
+                }),
+            }
         };
-        let mut s = SchedulerConfig::new(kafka, location).with_topics(&classified, &input);
-        s.audit_location = Some(audit);
-        s.storage_options = flatten(&file.lake.storage, &origin, "lake.storage")?
+        let audit = sibling(&file.lake.audit, "audit", "RETAIN__LAKE__AUDIT")?;
+        let events = sibling(&file.lake.events, "events", "RETAIN__LAKE__EVENTS")?;
+        let storage = flatten(&file.lake.storage, &origin, "lake.storage")?
             .into_iter()
             .collect::<HashMap<_, _>>();
+        Some((location, audit, events, storage))
+    };
+    let events_topic = a
+        .events_topic
+        .clone()
+        .or(file.topics.retention_events.clone())
+        .unwrap_or_else(|| TOPIC_RETENTION_EVENTS.to_owned());
+
+    let mut events_facts = None;
+    let scheduler = if matches!(a.stage, Stage::Scheduler | Stage::All) {
+        let (location, audit, events, storage) = tables.clone().expect("resolved above");
+        let mut s = SchedulerConfig::new(kafka.clone(), location).with_topics(&classified, &input);
+        s.audit_location = Some(audit);
+        s.storage_options = storage;
         if let Some(g) = a.group.clone().or(file.scheduler.group.clone()) {
             s.group_id = g;
         }
@@ -178,6 +212,10 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
             (
                 "target-file-size",
                 f.target_file_size.is_some_and(|b| b.0 == 0),
+            ),
+            (
+                "events-refresh",
+                f.events_refresh.is_some_and(|d| d.0.is_zero()),
             ),
         ] {
             if zero {
@@ -198,7 +236,46 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         if let Some(b) = f.target_file_size {
             s.flush.target_file_size = b.0;
         }
+        events_facts = Some((events, f.events_refresh.map_or(EVENTS_REFRESH, |d| d.0)));
         Some(s)
+    } else {
+        None
+    };
+
+    let events = if a.stage == Stage::Events {
+        if a.group.is_some() {
+            return Err(bad(
+                "--group (RETAIN_GROUP) does not apply to the events stage: it owns every partition of its topic and keeps its position in the records table",
+            ));
+        }
+        let (location, audit, events, storage) = tables.expect("resolved above");
+        let f = &file.events;
+        for (key, zero) in [
+            ("max-events", f.max_events == Some(0)),
+            ("max-latency", f.max_latency.is_some_and(|d| d.0.is_zero())),
+            (
+                "recheck-window",
+                f.recheck_window.is_some_and(|d| d.0.is_zero()),
+            ),
+        ] {
+            if zero {
+                return Err(bad(format!("{origin}: events.{key} must be more than 0")));
+            }
+        }
+        let mut e = EventsConfig::new(kafka, &location, &events);
+        e.topic = events_topic;
+        e.audit_location = Some(audit);
+        e.storage_options = storage;
+        if let Some(n) = f.max_events {
+            e.max_events = n;
+        }
+        if let Some(d) = f.max_latency {
+            e.max_latency = d.0;
+        }
+        if let Some(d) = f.recheck_window {
+            e.recheck_window = d.0;
+        }
+        Some(e)
     } else {
         None
     };
@@ -207,7 +284,19 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         metrics: a.metrics_addr.or(file.metrics.listen),
         classifier,
         scheduler,
+        events_facts,
+        events,
     })
+}
+
+/// `location` with its last segment `records` made `name` (`lake/records` → `lake/events`).
+fn sibling_table(records: &str, name: &str) -> Option<String> {
+    let trimmed = records.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((parent, "records")) => Some(format!("{parent}/{name}")),
+        None if trimmed == "records" => Some(name.to_owned()),
+        _ => None,
+    }
 }
 
 /// A table of settings as `dotted.key = "text"` pairs: nested tables are joined with dots, numbers
@@ -256,6 +345,7 @@ pub(crate) fn flatten(
 enum Outcome {
     Classifier(retain_stream::Result<ClassifierStats>),
     Scheduler(retain_stream::Result<SchedulerStats>),
+    Events(retain_stream::Result<EventsStats>),
 }
 
 async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCode> {
@@ -277,15 +367,39 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
             crate::audit_cmd::policy_loaded(audit, &s.storage_options, &policy, "retain-run")
                 .await?;
         }
+        // No facts source is wired yet: records are scheduled on what the mail itself says, plus
+        // the retention events of the `events` table that match them (re-read every refresh).
+        let (events_location, every) = r.events_facts.clone().expect("resolved with the scheduler");
+        let mut table =
+            retain_events::EventsTable::open_or_create(&events_location, s.storage_options.clone())
+                .await
+                .context("opening the events table")?;
+        let facts = Arc::new(EventsFacts::new(Arc::new(NoFacts)));
+        facts.set(table.all().await.context("reading the events table")?);
+        tokio::spawn(Arc::clone(&facts).refresh_loop(table, every, stop.clone()));
         eprintln!(
-            "scheduler: {} -> records table (group {}) on {}; facts: none",
-            s.input_topic, s.group_id, s.kafka.bootstrap_servers
+            "scheduler: {} -> records table (group {}) on {}; facts: none; events: the events table every {}",
+            s.input_topic,
+            s.group_id,
+            s.kafka.bootstrap_servers,
+            humantime::format_duration(every)
         );
-        // No facts source is wired yet: records are scheduled on what the mail itself says.
-        let scheduler = Scheduler::new(s, Arc::clone(&policy), Arc::new(NoFacts));
+        let scheduler = Scheduler::new(s, Arc::clone(&policy), facts);
         registry.register(scheduler.metrics());
         let run = scheduler.run(stop.clone());
         stages.spawn(async move { Outcome::Scheduler(run.await) });
+    }
+    if let Some(e) = r.events {
+        if let Some(audit) = &e.audit_location {
+            crate::audit_cmd::policy_loaded(audit, &e.storage_options, &policy, "retain-run")
+                .await?;
+        }
+        eprintln!(
+            "events: {} -> events table -> records table on {}",
+            e.topic, e.kafka.bootstrap_servers
+        );
+        let run = EventsStage::new(e, Arc::clone(&policy)).run(stop.clone());
+        stages.spawn(async move { Outcome::Events(run.await) });
     }
     if let Some(addr) = r.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -340,6 +454,17 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
                 s.redelivered,
                 s.dead_lettered
             ),
+            Outcome::Events(Ok(s)) => outln!(
+                "events: {} read, {} stored, {} undecodable, {} rows re-dated in {} batches",
+                s.consumed,
+                s.stored,
+                s.undecodable,
+                s.rows_changed,
+                s.batches
+            ),
+            Outcome::Events(Err(e)) => {
+                failure.get_or_insert(anyhow::Error::new(e).context("the events stage failed"));
+            }
             Outcome::Classifier(Err(e)) => {
                 failure.get_or_insert(anyhow::Error::new(e).context("the classifier failed"));
             }
@@ -391,5 +516,89 @@ mod tests {
         let c: config::FileConfig = toml::from_str("[kafka.settings]\nx = [1]\n").unwrap();
         let e = flatten(&c.kafka.settings, "f", "kafka.settings").unwrap_err();
         assert!(e.to_string().contains("kafka.settings.x"), "{e}");
+    }
+
+    fn args(line: &[&str]) -> RunArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("run").chain(line.iter().copied()))
+            .unwrap()
+            .run
+    }
+
+    #[test]
+    fn the_events_stage_resolves_its_tables_topic_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("retain.toml");
+        std::fs::write(
+            &file,
+            "[topics]\nretention-events = \"ev\"\n[events]\nmax-events = 7\nrecheck-window = \"1m\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let r = resolve(&args(&[
+            "events",
+            "--brokers",
+            "b:9092",
+            "--lake",
+            "l/records",
+            "--config",
+            f,
+        ]))
+        .unwrap();
+        let e = r.events.unwrap();
+        assert_eq!(
+            (e.topic.as_str(), e.events_location.as_str()),
+            ("ev", "l/events")
+        );
+        assert_eq!(e.audit_location.as_deref(), Some("l/audit"));
+        assert_eq!(
+            (e.max_events, e.recheck_window),
+            (7, Duration::from_secs(60))
+        );
+        assert!(r.scheduler.is_none() && r.classifier.is_none());
+
+        let r = resolve(&args(&[
+            "all",
+            "--brokers",
+            "b:9092",
+            "--lake",
+            "l/records",
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.events_facts,
+            Some(("l/events".to_owned(), EVENTS_REFRESH))
+        );
+        assert!(r.events.is_none(), "`all` does not start the events stage");
+
+        let e = resolve(&args(&["events", "--brokers", "b", "--lake", "l/x"])).unwrap_err();
+        assert!(e.to_string().contains("does not end in `records`"), "{e}");
+        let e = resolve(&args(&[
+            "events",
+            "--brokers",
+            "b",
+            "--lake",
+            "l/records",
+            "--group",
+            "g",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("--group"), "{e}");
+        std::fs::write(&file, "[events]\nmax-events = 0\n").unwrap();
+        let e = resolve(&args(&[
+            "events",
+            "--brokers",
+            "b",
+            "--lake",
+            "l/records",
+            "--config",
+            f,
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("events.max-events"), "{e}");
     }
 }

@@ -18,11 +18,10 @@ use clap::Args;
 use retain_lake::{AuditAction, AuditEntry, AuditTable};
 use retain_query::datafusion::arrow::array::RecordBatch;
 use retain_query::datafusion::arrow::datatypes::SchemaRef;
-use retain_query::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use retain_query::{Catalog, CatalogOptions, Statement, table_location};
+use retain_query::{Catalog, CatalogOptions, Statement, render, table_location};
 
 use crate::hold_cmd::LakeArgs;
-use crate::output::{BadInput, Format, csv_field};
+use crate::output::{BadInput, Format};
 
 /// `retain sql`.
 #[derive(Args, Debug)]
@@ -70,7 +69,7 @@ pub struct SqlArgs {
 }
 
 /// `512MiB`, `2GiB`, `1048576`: bytes.
-fn parse_size(s: &str) -> std::result::Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -163,7 +162,7 @@ async fn sql(a: SqlArgs) -> Result<ExitCode> {
 }
 
 /// A retain-query error as a CLI error: the user's to fix (exit 2) or not (exit 1).
-fn query_error(e: retain_query::Error) -> anyhow::Error {
+pub(crate) fn query_error(e: retain_query::Error) -> anyhow::Error {
     if e.is_bad_input() {
         BadInput(e.to_string()).into()
     } else {
@@ -237,63 +236,15 @@ async fn audit(s: &mut Session, st: &Statement, rows: Option<usize>) -> Result<(
     Ok(())
 }
 
+/// Prints a result with the renderers `retain report` shares (`retain_query::render`).
 fn print(format: Format, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    match format {
-        Format::Table => {
-            use retain_query::datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
-            let t = pretty_format_batches_with_schema(schema.clone(), batches)
-                .context("formatting the result")?;
-            outln!("{t}");
-            outln!("{rows} row{}", if rows == 1 { "" } else { "s" });
-        }
-        Format::Csv => {
-            let header: Vec<String> = schema
-                .fields()
-                .iter()
-                .map(|f| csv_field(f.name()))
-                .collect();
-            let mut out = header.join(",");
-            out.push('\n');
-            let options = FormatOptions::default();
-            for b in batches {
-                let cells = b
-                    .columns()
-                    .iter()
-                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .context("formatting the result")?;
-                for i in 0..b.num_rows() {
-                    let line: Vec<String> = cells
-                        .iter()
-                        .zip(b.columns())
-                        .map(|(f, c)| {
-                            if c.is_null(i) {
-                                String::new()
-                            } else {
-                                csv_field(&f.value(i).to_string())
-                            }
-                        })
-                        .collect();
-                    out.push_str(&line.join(","));
-                    out.push('\n');
-                }
-            }
-            out!("{out}");
-        }
-        Format::Json => {
-            use retain_query::datafusion::arrow::json::WriterBuilder;
-            use retain_query::datafusion::arrow::json::writer::LineDelimited;
-            let mut w = WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, LineDelimited>(Vec::new());
-            for b in batches {
-                w.write(b).context("formatting the result as JSON")?;
-            }
-            w.finish().context("formatting the result as JSON")?;
-            out!("{}", String::from_utf8_lossy(&w.into_inner()));
-        }
+    let text = match format {
+        Format::Table => render::table(schema, batches),
+        Format::Csv => render::csv(schema, batches),
+        Format::Json => render::json_lines(batches),
     }
+    .context("formatting the result")?;
+    out!("{text}");
     Ok(())
 }
 

@@ -395,7 +395,8 @@ fn audit_verifies_then_catches_a_tampered_entry(lake: &Path, rows: i64) {
 }
 
 /// Python `deltalake` (delta-rs, installed by .ci/run) reads the demo's table: same row count,
-/// same counts per category, every record key once.
+/// same counts per category, every record key once, and the same values as `retain sql` for a
+/// sample of 25 rows.
 fn other_engine_reads_the_same_table(table: &Path, demo: &serde_json::Value) {
     let have = Command::new("python3")
         .args(["-c", "import deltalake"])
@@ -414,8 +415,15 @@ import collections, json, os, sys
 import deltalake
 t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
 keys = t.column("record_key").to_pylist()
+cols = ["record_key", "category", "retention_status", "retain_until", "governing",
+        "size_bytes", "patient_refs"]
+rows = sorted(zip(*[t.column(c).to_pylist() for c in cols]))[:25]
+sample = [dict(zip(cols, r)) for r in rows]
+for r in sample:
+    r["retain_until"] = r["retain_until"].isoformat() if r["retain_until"] else None
 print(json.dumps({"rows": t.num_rows, "distinct": len(set(keys)),
-                  "by_category": collections.Counter(t.column("category").to_pylist())}))
+                  "by_category": collections.Counter(t.column("category").to_pylist()),
+                  "sample": sample}))
 sys.stdout.flush()
 os._exit(0)
 "#;
@@ -430,6 +438,39 @@ os._exit(0)
     for pair in demo["by_category"].as_array().unwrap() {
         let category = pair[0].as_str().unwrap();
         assert_eq!(py["by_category"][category], pair[1], "category {category}");
+    }
+    // The same rows through `retain sql` (JSON lines).
+    let lake = table.parent().unwrap().to_str().unwrap();
+    let o = retain(&[
+        "sql",
+        "--lake",
+        lake,
+        "--format",
+        "json",
+        "-c",
+        "SELECT record_key, category, retention_status, CAST(retain_until AS VARCHAR) AS retain_until, \
+         governing, size_bytes, patient_refs FROM records ORDER BY record_key LIMIT 25",
+    ]);
+    assert!(o.status.success(), "retain sql: {}", stderr(&o));
+    let ours: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs = py["sample"].as_array().unwrap();
+    assert_eq!(ours.len(), 25);
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(theirs) {
+        for column in [
+            "record_key",
+            "category",
+            "retention_status",
+            "retain_until",
+            "governing",
+            "size_bytes",
+            "patient_refs",
+        ] {
+            assert_eq!(a[column], b[column], "{column} of {}", b["record_key"]);
+        }
     }
 }
 
@@ -1348,6 +1389,72 @@ mod hold {
         ] {
             assert!(out.contains(action), "{action} in {out}");
         }
+    }
+
+    /// `retain lake optimize --cluster` on a demo lake: the rows are the same (count, keys and
+    /// dates), the files are fewer, the disposal plan is unchanged, and the rewrite is audited.
+    #[test]
+    fn optimize_clusters_without_changing_a_row_and_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        json(&retain_in(d, &["demo", "-n", "300", "--json"]));
+        let today = chrono::Utc::now().date_naive().to_string();
+        let snapshot = |d: &std::path::Path| {
+            let o = retain_in(
+                d,
+                &[
+                    "sql",
+                    "--format",
+                    "csv",
+                    "-c",
+                    "SELECT record_key, retain_until, retention_status FROM records ORDER BY record_key",
+                ],
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let before = snapshot(d);
+        let plan = || {
+            json(&retain_in(
+                d,
+                &["dispose", "plan", "--as-of", &today, "--by", "rm", "--json"],
+            ))["records"]
+                .as_u64()
+        };
+        let due = plan();
+        assert!(due > Some(0));
+        let files = |d: &std::path::Path| {
+            std::fs::read_dir(d.join("lake/records"))
+                .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|e| e == "parquet")
+                })
+                .count()
+        };
+        let files_before = files(d);
+        let done = json(&retain_in(
+            d,
+            &["lake", "optimize", "--cluster", "--by", "ops", "--json"],
+        ));
+        assert_eq!(
+            done["files_removed"].as_u64(),
+            Some(files_before as u64),
+            "{done}"
+        );
+        assert_eq!(done["files_added"].as_u64(), Some(1), "{done}");
+        assert_eq!(snapshot(d), before, "the same rows, keys and dates");
+        assert_eq!(plan(), due, "the same records are due");
+        let o = retain_in(d, &["audit", "verify", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["intact"], true, "{v}");
+        assert_eq!(v["actions"]["records_optimized"].as_u64(), Some(1), "{v}");
+        let o = retain_in(d, &["lake", "optimize", "--target-size", "big"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--target-size"), "{}", stderr(&o));
     }
 
     /// `retain dispose execute` killed after the delete and after the tombstones (a failpoint
@@ -2311,5 +2418,1504 @@ mod sql {
             ],
         ));
         assert_eq!(stdout(&o), "n\n3\n");
+    }
+}
+
+/// `retain serve`: the PostgreSQL-wire endpoint with real clients (`psql`, psycopg). Skips
+/// (SKIP on standard error) without them outside CI; CI installs both (.ci/run).
+mod serve {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::path::Path;
+    use std::process::{Child, Command, Output, Stdio};
+
+    use super::{stderr, stdout};
+
+    fn retain_in(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .env_remove("RETAIN_SQL_FORMAT")
+            .env_remove("RETAIN_SERVE_USERS")
+            .env_remove("RETAIN_SERVE_LISTEN")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(o: Output) -> Output {
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        o
+    }
+
+    /// Whether a client is installed; outside CI a missing one is a SKIP, in CI a failure.
+    fn have(what: &str, program: &str, args: &[&str]) -> bool {
+        let found = Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have {what} (.ci/run installs it)"
+            );
+            eprintln!(
+                "SKIP: {what} is not installed (apt-get install postgresql-client; pip install 'psycopg[binary]')"
+            );
+        }
+        found
+    }
+
+    /// A running `retain serve`; killed when dropped.
+    struct Served {
+        child: Child,
+        port: u16,
+        banner: String,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start(dir: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(["serve", "--lake", "lake", "--users", "users.toml"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut banner = String::new();
+        let port = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("retain serve ended before listening: {banner}");
+            };
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its standard error so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served {
+            child,
+            port,
+            banner,
+        }
+    }
+
+    /// `psql -c SQL` as `user` (no password when `None`), unaligned, tuples only, NULL shown as
+    /// `<NULL>`, fields separated by `|`.
+    fn psql(port: u16, user: &str, password: Option<&str>, ssl: &str, sql: &str) -> Output {
+        let mut c = Command::new("psql");
+        c.arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname=retain sslmode={ssl} connect_timeout=20"
+        ))
+        .args(["-X", "-w", "-A", "-t", "-F", "|", "-P", "null=<NULL>"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE");
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
+        c.output().unwrap()
+    }
+
+    fn lines(o: &Output) -> Vec<String> {
+        stdout(o).lines().map(str::to_owned).collect()
+    }
+
+    /// A demo lake with an active hold, an analyst `ana` (password on standard input) and a
+    /// records manager `rita` (password file).
+    fn setup(d: &Path) {
+        ok(retain_in(d, &["demo", "-n", "200", "--json"]));
+        ok(retain_in(
+            d,
+            &[
+                "hold",
+                "create",
+                "--matter",
+                "Doe v. Clinic",
+                "--reason",
+                "served",
+                "--by",
+                "counsel",
+                "--category",
+                "clinical",
+                "--json",
+            ],
+        ));
+        let mut add = Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(["serve", "user", "add", "ana", "--role", "analyst"])
+            .args(["--users", "users.toml"])
+            .current_dir(d)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        add.stdin
+            .take()
+            .unwrap()
+            .write_all(b"ana-Secret-1\n")
+            .unwrap();
+        ok(add.wait_with_output().unwrap());
+        std::fs::write(d.join("rita.pw"), "rita-Secret-2\n").unwrap();
+        ok(retain_in(
+            d,
+            &[
+                "serve",
+                "user",
+                "add",
+                "rita",
+                "--role",
+                "records_manager",
+                "--users",
+                "users.toml",
+                "--password-file",
+                "rita.pw",
+            ],
+        ));
+        let file = std::fs::read_to_string(d.join("users.toml")).unwrap();
+        assert!(
+            !file.contains("ana-Secret-1") && !file.contains("rita-Secret-2"),
+            "no password in the users file: {file}"
+        );
+        assert_eq!(file.matches("$argon2id$").count(), 2, "{file}");
+    }
+
+    /// The subjects and senders the lake holds (as `retain sql` reads them), less the
+    /// workforce addresses that are also a mailbox or custodian (not PHI, shown to analysts).
+    fn phi(d: &Path) -> BTreeSet<String> {
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--format",
+                "json",
+                "-c",
+                "SELECT subject, from_address, mailbox, custodian FROM records",
+            ],
+        ));
+        let mut out = BTreeSet::new();
+        let mut workforce = BTreeSet::new();
+        for l in stdout(&o).lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["subject", "from_address"] {
+                if let Some(s) = v[k].as_str().filter(|s| s.len() > 3) {
+                    out.insert(s.to_owned());
+                }
+            }
+            for k in ["mailbox", "custodian"] {
+                workforce.insert(v[k].as_str().unwrap().to_owned());
+            }
+        }
+        out.retain(|s| !workforce.iter().any(|w| w.contains(s.as_str())));
+        out
+    }
+
+    #[test]
+    fn psql_logins_roles_masking_read_only_and_audit() {
+        if !have("psql (postgresql-client)", "psql", &["--version"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        setup(d);
+        let secrets = phi(d);
+        assert!(secrets.len() > 50, "the demo lake has subjects and senders");
+        let served = start(d, &[]);
+        let port = served.port;
+        assert!(served.banner.contains("no TLS"), "{}", served.banner);
+        let ana = |sql: &str| psql(port, "ana", Some("ana-Secret-1"), "disable", sql);
+        let rita = |sql: &str| psql(port, "rita", Some("rita-Secret-2"), "disable", sql);
+
+        // Logins: no password, a wrong one, an unknown user all fail.
+        for (user, password) in [
+            ("ana", None),
+            ("ana", Some("ana-Secret-2")),
+            ("rita", Some("ana-Secret-1")),
+            ("mallory", Some("ana-Secret-1")),
+        ] {
+            let o = psql(port, user, password, "disable", "SELECT 1");
+            assert!(!o.status.success(), "{user} logged in with {password:?}");
+            assert!(
+                stderr(&o).contains("assword authentication failed")
+                    || stderr(&o).contains("no password supplied"),
+                "{}",
+                stderr(&o)
+            );
+        }
+
+        // Same count as `retain sql`.
+        let count = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                "SELECT count(*) AS n FROM records",
+            ],
+        ));
+        let expected = stdout(&count).lines().nth(1).unwrap().to_owned();
+        assert_eq!(
+            lines(&ok(ana("SELECT count(*) FROM records"))),
+            std::slice::from_ref(&expected)
+        );
+        assert_eq!(expected, "200");
+
+        // Analyst: PHI reads as NULL by every route.
+        // (With a stored column beside the masked ones: a select of constants only ignores
+        // LIMIT on a Delta scan, in `retain sql` too.)
+        let masked = lines(&ok(ana(
+            "SELECT subject, from_address, to_addresses, patient_refs, folder, record_key FROM records LIMIT 3",
+        )));
+        assert_eq!(masked.len(), 3, "{masked:?}");
+        for l in &masked {
+            assert!(
+                l.starts_with("<NULL>|<NULL>|<NULL>|<NULL>|<NULL>|") && l.len() > 40,
+                "analyst columns are masked, the record key is not: {l}"
+            );
+        }
+        for sql in [
+            "SELECT * FROM records",
+            "SELECT * FROM records_on_hold",
+            "SELECT max(subject), min(from_address), count(subject) FROM records",
+            "SELECT upper(subject) FROM records WHERE subject IS NOT NULL",
+            "SELECT r.subject FROM records r JOIN hold_coverage c ON r.record_key = c.record_key",
+            "SELECT * FROM disposal_candidates('2100-01-01')",
+            "SELECT * FROM holds",
+            "SELECT * FROM active_holds",
+            "SELECT * FROM current_holds",
+            "SELECT table_name, definition FROM information_schema.views",
+            "SELECT s FROM (SELECT subject AS s FROM records) t",
+            "WITH x AS (SELECT from_address FROM records) SELECT * FROM x",
+        ] {
+            let out = stdout(&ok(ana(sql)));
+            for s in &secrets {
+                assert!(
+                    !out.contains(s.as_str()),
+                    "`{sql}` showed PHI to an analyst"
+                );
+            }
+            assert!(!out.contains("Doe v. Clinic"), "`{sql}` showed a matter");
+        }
+        assert_eq!(
+            lines(&ok(ana(
+                "SELECT count(*) FROM records WHERE subject IS NOT NULL"
+            ))),
+            ["0"]
+        );
+        // Coverage is still exact: the hold on clinical mail covers what it covers.
+        let held = ok(rita("SELECT count(*) FROM records_on_hold"));
+        assert_eq!(
+            lines(&ok(ana("SELECT count(*) FROM records_on_hold"))),
+            lines(&held)
+        );
+        let o = ana("EXPLAIN SELECT * FROM records_on_hold");
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("EXPLAIN is not available"),
+            "{}",
+            stderr(&o)
+        );
+        let o = ana("SELECT count(*) FROM records WHERE is_held()");
+        assert!(!o.status.success(), "is_held() is not offered to analysts");
+
+        // Read-only, for both roles.
+        for sql in [
+            "DELETE FROM records",
+            "CREATE TABLE x AS SELECT 1",
+            "DROP TABLE records",
+            "INSERT INTO holds SELECT * FROM holds",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            for (who, o) in [("ana", ana(sql)), ("rita", rita(sql))] {
+                assert!(!o.status.success(), "{who} ran `{sql}`");
+                assert!(stderr(&o).contains("read-only"), "`{sql}`: {}", stderr(&o));
+            }
+        }
+        assert_eq!(lines(&ok(ana("SELECT count(*) FROM records"))), ["200"]);
+
+        // Records manager: the real subjects, as `retain sql` shows them.
+        let sql = "SELECT record_key, subject FROM records ORDER BY record_key";
+        let expected: Vec<String> =
+            stdout(&ok(retain_in(d, &["sql", "--format", "json", "-c", sql])))
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    format!(
+                        "{}|{}",
+                        v["record_key"].as_str().unwrap(),
+                        v["subject"].as_str().unwrap_or("<NULL>")
+                    )
+                })
+                .collect();
+        assert_eq!(lines(&ok(rita(sql))), expected);
+        let out = stdout(&ok(rita("SELECT matter FROM active_holds")));
+        assert!(out.contains("Doe v. Clinic"), "{out}");
+
+        // psycopg (extended protocol, parameters, transactions).
+        psycopg_checks(port, &expected);
+
+        // Every statement audited under its login, and the chain verifies.
+        let o = ok(retain_in(
+            d,
+            &["audit", "show", "--lake", "lake", "--limit", "0", "--json"],
+        ));
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for e in entries.iter().filter(|e| e["action"] == "sql_query") {
+            if e["details"]["via"] == "serve" {
+                *by.entry((
+                    e["actor"].as_str().unwrap().to_owned(),
+                    e["details"]["role"].as_str().unwrap().to_owned(),
+                ))
+                .or_default() += 1;
+                assert!(e["details"]["query_sha256"].as_str().unwrap().len() == 64);
+            }
+        }
+        assert!(by[&("ana".into(), "analyst".into())] >= 15, "{by:?}");
+        assert!(
+            by[&("rita".into(), "records_manager".into())] >= 2,
+            "{by:?}"
+        );
+        let text = stdout(&o);
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "the audit trail holds PHI");
+        }
+        let v: serde_json::Value = serde_json::from_slice(
+            &ok(retain_in(
+                d,
+                &["audit", "verify", "--lake", "lake", "--json"],
+            ))
+            .stdout,
+        )
+        .unwrap();
+        assert_eq!(v["intact"], true, "{v}");
+
+        // Dev trust: loopback only, with a warning.
+        let o = retain_in(
+            d,
+            &[
+                "serve",
+                "--lake",
+                "lake",
+                "--dev-trust",
+                "--listen",
+                "0.0.0.0:0",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("loopback"), "{}", stderr(&o));
+        let trusted = start(d, &["--dev-trust"]);
+        assert!(trusted.banner.contains("WARNING"), "{}", trusted.banner);
+        let o = ok(psql(
+            trusted.port,
+            "someone",
+            None,
+            "disable",
+            "SELECT subject, record_key FROM records LIMIT 1",
+        ));
+        let got = lines(&o);
+        assert!(
+            got.len() == 1 && got[0].starts_with("<NULL>|"),
+            "an unknown dev-trust login is an analyst: {got:?}"
+        );
+    }
+
+    fn psycopg_checks(port: u16, expected: &[String]) {
+        if !have("psycopg (Python)", "python3", &["-c", "import psycopg"]) {
+            return;
+        }
+        let script = r#"
+import json, sys
+import psycopg
+port = int(sys.argv[1])
+def conn(user, password):
+    return psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                           dbname="retain", sslmode="disable", connect_timeout=20)
+out = {}
+try:
+    conn("ana", "wrong").close()
+    out["wrong_password"] = "accepted"
+except psycopg.OperationalError as e:
+    out["wrong_password"] = "refused" if "password authentication failed" in str(e).lower() else str(e)
+with conn("ana", "ana-Secret-1") as c:
+    out["count"] = c.execute("SELECT count(*) FROM records").fetchone()[0]
+    out["subjects"] = [r[0] for r in c.execute(
+        "SELECT subject FROM records WHERE record_key > %s ORDER BY record_key LIMIT 3", ("",))]
+    try:
+        c.execute("DELETE FROM records")
+        out["delete"] = "ran"
+    except psycopg.Error as e:
+        out["delete"] = "refused" if "read-only" in str(e) else str(e)
+with conn("rita", "rita-Secret-2") as c:
+    out["rows"] = ["%s|%s" % (k, s if s is not None else "<NULL>") for k, s in c.execute(
+        "SELECT record_key, subject FROM records ORDER BY record_key")]
+print(json.dumps(out))
+"#;
+        let o = Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "python: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["wrong_password"], "refused", "{v}");
+        assert_eq!(v["count"], 200, "{v}");
+        assert_eq!(v["subjects"], serde_json::json!([null, null, null]), "{v}");
+        assert_eq!(v["delete"], "refused", "{v}");
+        let rows: Vec<String> = serde_json::from_value(v["rows"].clone()).unwrap();
+        assert_eq!(rows, expected, "psycopg reads what retain sql reads");
+    }
+
+    #[test]
+    fn tls_with_a_certificate_and_sslmode_require() {
+        if !have("psql (postgresql-client)", "psql", &["--version"])
+            || !have("openssl", "openssl", &["version"])
+        {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        setup(d);
+        let o = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl: {}", stderr(&o));
+        let served = start(d, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+        assert!(served.banner.contains("(TLS)"), "{}", served.banner);
+        let o = ok(psql(
+            served.port,
+            "rita",
+            Some("rita-Secret-2"),
+            "require",
+            "SELECT count(*) FROM records",
+        ));
+        assert_eq!(lines(&o), ["200"]);
+        let plain = start(d, &[]);
+        let o = psql(
+            plain.port,
+            "rita",
+            Some("rita-Secret-2"),
+            "require",
+            "SELECT 1",
+        );
+        assert!(!o.status.success(), "sslmode=require must fail without TLS");
+        let o = Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args([
+                "serve",
+                "--lake",
+                "lake",
+                "--users",
+                "users.toml",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--tls-cert", "cert.pem", "--tls-key", "users.toml"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("users.toml"), "{}", stderr(&o));
+    }
+}
+
+mod report {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use super::{stderr, stdout};
+
+    fn retain_in(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .env_remove("RETAIN_REPORT_FORMAT")
+            .env_remove("RETAIN_REPORT_AS_OF")
+            .env_remove("RETAIN_REPORT_BY")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(o: Output) -> Output {
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    }
+
+    fn json(o: &Output) -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The rows of CSV section `heading` (after its `# heading` line and header).
+    fn csv_section(out: &str, heading: &str) -> Vec<Vec<String>> {
+        out.split("\n\n")
+            .find_map(|s| {
+                s.split_once(&format!("# {heading}\n"))
+                    .map(|(_, rows)| rows)
+            })
+            .unwrap_or_else(|| panic!("no section {heading} in {out}"))
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .collect()
+    }
+
+    #[test]
+    fn reports_print_in_every_format_and_each_run_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+
+        // An unknown report is refused before anything is opened, naming the valid ones.
+        let o = retain_in(d, &["report", "inventroy"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("inventory, forecast, holds, disposals, access"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!d.join("lake").exists());
+        // A lake root without records is refused too.
+        let o = retain_in(d, &["report", "inventory"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+        let demo = json(&retain_in(d, &["demo", "-n", "200", "--json"]));
+        let by_category: BTreeMap<String, u64> = demo["by_category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_u64().unwrap()))
+            .collect();
+        ok(retain_in(
+            d,
+            &[
+                "hold",
+                "create",
+                "--matter",
+                "Doe v. Clinic",
+                "--reason",
+                "served",
+                "--by",
+                "counsel",
+                "--category",
+                "clinical",
+            ],
+        ));
+
+        // inventory as CSV: the categories and counts the demo landed.
+        let o = ok(retain_in(d, &["report", "inventory", "--format", "csv"]));
+        let out = stdout(&o);
+        assert!(out.starts_with("# Inventory"), "{out}");
+        let got: BTreeMap<String, u64> = csv_section(&out, "By category")
+            .iter()
+            .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+            .collect();
+        assert_eq!(got, by_category);
+
+        // holds as JSON: the one active hold covers the clinical records.
+        let o = ok(retain_in(
+            d,
+            &[
+                "report",
+                "holds",
+                "--format",
+                "json",
+                "--by",
+                "records.manager",
+            ],
+        ));
+        let holds: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(holds["report"], "holds");
+        let active = holds["sections"][0]["rows"].as_array().unwrap();
+        assert_eq!(active.len(), 1, "{holds}");
+        assert_eq!(
+            active[0]["records"].as_u64(),
+            by_category.get("clinical").copied()
+        );
+        assert_eq!(active[0]["age_days"], 0);
+        assert!(
+            !stdout(&o).contains("Doe v. Clinic"),
+            "no matter: {}",
+            stdout(&o)
+        );
+
+        // forecast as HTML from a given month: one page, no scripts or outside assets.
+        let o = ok(retain_in(
+            d,
+            &[
+                "report",
+                "forecast",
+                "--format",
+                "html",
+                "--as-of",
+                "2027-03-15",
+            ],
+        ));
+        let html = stdout(&o);
+        assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+        assert!(
+            html.contains("<svg") && html.contains(">2027-03</text>"),
+            "{html}"
+        );
+        assert!(html.contains(">2029-02</text>") && !html.contains(">2029-03</text>"));
+        for outside in ["<script", "<link", "src=", "@import"] {
+            assert!(!html.contains(outside), "{outside} in the page");
+        }
+
+        // disposals and access as tables; a bad date or format is exit 2.
+        let o = ok(retain_in(d, &["report", "disposals"]));
+        assert!(stdout(&o).contains("Manifests"), "{}", stdout(&o));
+        let o = ok(retain_in(d, &["report", "access", "--by", "auditor"]));
+        assert!(stdout(&o).contains("records.manager"), "{}", stdout(&o));
+        for bad in [
+            &["report", "forecast", "--as-of", "soon"][..],
+            &["report", "forecast", "--format", "pdf"][..],
+        ] {
+            let o = retain_in(d, bad);
+            assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        }
+
+        // Each run that printed a report wrote one export entry: who, which, what it read.
+        let show = json(&retain_in(
+            d,
+            &["audit", "show", "--json", "--limit", "100"],
+        ));
+        let exports: Vec<&serde_json::Value> = show
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "export")
+            .collect();
+        assert_eq!(exports.len(), 5, "{exports:?}");
+        let mut targets: Vec<&str> = exports
+            .iter()
+            .map(|e| e["target"].as_str().unwrap())
+            .collect();
+        targets.sort_unstable();
+        assert_eq!(
+            targets,
+            [
+                "report:access",
+                "report:disposals",
+                "report:forecast",
+                "report:holds",
+                "report:inventory"
+            ]
+        );
+        let holds_entry = exports
+            .iter()
+            .find(|e| e["target"] == "report:holds")
+            .unwrap();
+        assert_eq!(holds_entry["actor"], "records.manager");
+        assert_eq!(
+            holds_entry["details"]["tables"],
+            serde_json::json!(["holds", "records"])
+        );
+        assert_eq!(holds_entry["details"]["format"], "json");
+        let forecast_entry = exports
+            .iter()
+            .find(|e| e["target"] == "report:forecast")
+            .unwrap();
+        assert_eq!(forecast_entry["details"]["as_of"], "2027-03-15");
+        for e in &exports {
+            assert_eq!(e["details"]["outcome"], "ok", "{e}");
+            assert!(!e.to_string().contains("Doe v. Clinic"), "{e}");
+        }
+        let verify = json(&retain_in(d, &["audit", "verify", "--json"]));
+        assert_eq!(verify["intact"], true, "{verify}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event clocks (docs/events.md) and policy changes (docs/policy-changes.md): `retain run events`
+// on the embedded broker, `retain policy diff|apply|lock` and `retain patient find`.
+
+mod events {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use chrono::{Months, NaiveDate, Utc};
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use retain_codec::{
+        EventKeys, EventType, Framing, RetentionEventMessage, encode_mail_message,
+        encode_retention_event,
+    };
+    use retain_events::EventsTable;
+    use retain_events::events_table::{StoredEvent, apply_events, match_rows};
+    use retain_events::rows::{conform, row_views};
+    use retain_generate::Generator;
+    use retain_lake::RecordsTable;
+    use retain_lake::deltalake::datafusion::prelude::SessionContext;
+    use retain_model::{EventKind, MailMessage};
+    use retain_policy::Policy;
+
+    use super::run::{Env, setup, wait_rows};
+    use super::{root, stderr};
+
+    const TOPIC: &str = "retain.retention-events";
+
+    /// A `retain run` child (SIGKILLed and reaped on drop).
+    struct Proc {
+        name: String,
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Proc {
+        fn start(name: &str, stage: &str, env: &Env) -> Proc {
+            let log = env.dir.join(format!("{name}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let err = out.try_clone().unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_retain"))
+                .args(["run", stage, "--config"])
+                .arg(&env.config)
+                .env("RETAIN_BROKERS", &env.brokers)
+                .env("RETAIN_LAKE", &env.table)
+                .env("RETAIN__EVENTS__MAX_LATENCY", "200ms")
+                .env("RETAIN__EVENTS__MAX_EVENTS", "7")
+                .env("RETAIN__SCHEDULER__EVENTS_REFRESH", "500ms")
+                .env("RETAIN_LOG", "warn,librdkafka=error")
+                .env_remove("RETAIN_POLICY")
+                .env_remove("RETAIN_GROUP")
+                .current_dir(root())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap();
+            Proc {
+                name: name.to_owned(),
+                child,
+                log,
+            }
+        }
+
+        fn kill9(mut self) {
+            self.child.kill().unwrap();
+            self.child.wait().unwrap();
+        }
+
+        fn assert_running(&mut self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status}:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+
+        /// SIGTERM; the exit code and everything it printed.
+        fn terminate(mut self) -> (Option<i32>, String) {
+            let pid = self.child.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return (status.code(), std::fs::read_to_string(&self.log).unwrap());
+                }
+                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            if self.child.try_wait().ok().flatten().is_none() {
+                _ = self.child.kill();
+                _ = self.child.wait();
+            }
+        }
+    }
+
+    /// What a user checks of a row.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Row {
+        category: String,
+        created: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+        status: String,
+        governing: Option<String>,
+        /// Ids of the events recorded on the row.
+        events: BTreeSet<String>,
+        refs: Vec<String>,
+        tenant: String,
+    }
+
+    /// Every row of `records` by record key.
+    async fn snapshot(table: &str) -> BTreeMap<String, Row> {
+        let t = RecordsTable::open_or_create(table, Default::default())
+            .await
+            .unwrap();
+        let ctx = SessionContext::new();
+        t.delta_table()
+            .update_datafusion_session(&ctx.state())
+            .unwrap();
+        ctx.register_table("records", t.delta_table().table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT * FROM records")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for b in batches {
+            let b = conform(&b).unwrap();
+            for (v, m) in row_views(&b)
+                .unwrap()
+                .into_iter()
+                .zip(match_rows(&b).unwrap())
+            {
+                let row = Row {
+                    category: v.category.as_str().to_owned(),
+                    created: v.created,
+                    until: v.stored.retain_until,
+                    status: v.stored.status.clone(),
+                    governing: v.stored.governing.clone(),
+                    events: v
+                        .stored
+                        .entries
+                        .iter()
+                        .filter(|e| e.status == "event")
+                        .map(|e| e.citation.clone())
+                        .collect(),
+                    refs: m.patient_refs,
+                    tenant: m.tenant,
+                };
+                assert!(out.insert(v.record_key, row).is_none(), "one row per key");
+            }
+        }
+        out
+    }
+
+    fn event(id: &str, kind: EventKind, date: NaiveDate, keys: EventKeys) -> RetentionEventMessage {
+        RetentionEventMessage {
+            event_id: id.to_owned(),
+            kind: EventType::Clock(kind),
+            date,
+            action: None,
+            keys,
+            recorded_at: Utc::now(),
+            source: "test".to_owned(),
+        }
+    }
+
+    async fn produce_events(brokers: &str, events: &[RetentionEventMessage]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .create()
+            .unwrap();
+        for e in events {
+            let bytes = encode_retention_event(e, Framing::SingleObject).unwrap();
+            let r = FutureRecord::to(TOPIC)
+                .key(e.event_id.as_bytes())
+                .payload(&bytes);
+            producer
+                .send(r, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+
+    async fn produce_mail(brokers: &str, mail: &[MailMessage]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for m in mail {
+            let bytes = encode_mail_message(m, Framing::SingleObject).unwrap();
+            let r = FutureRecord::to("retain.mail")
+                .key(m.message_id.as_bytes())
+                .payload(&bytes);
+            producer
+                .send(r, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+
+    /// Topic records the events stage has committed (`retain-events-{p}` in `records`).
+    async fn applied(table: &str) -> i64 {
+        let mut t = RecordsTable::open_or_create(table, Default::default())
+            .await
+            .unwrap();
+        t.committed_offsets("retain-events", [0, 1])
+            .await
+            .unwrap()
+            .values()
+            .sum()
+    }
+
+    /// Waits until the events stage has committed `n` topic records (its `retain-events-{p}`
+    /// offsets in `records`), i.e. stored, applied and moved past all of them.
+    async fn wait_applied(table: &str, n: i64, stage: &mut Proc) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = applied(table).await;
+            if done >= n {
+                return;
+            }
+            stage.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {n} events applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn plus_years(d: NaiveDate, years: u32) -> NaiveDate {
+        d.checked_add_months(Months::new(12 * years)).unwrap()
+    }
+
+    fn keys(tenant: &str) -> EventKeys {
+        EventKeys {
+            tenant: Some(tenant.to_owned()),
+            ..EventKeys::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn events_redate_landed_records_once_even_when_killed_or_replayed() {
+        const N: usize = 400;
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, env) = setup(dir.path(), 100).await;
+        broker.create_topic(TOPIC, 2).await.unwrap();
+        // `retain run` has no facts source: a default jurisdiction and holder let clinical
+        // mail be scheduled (otherwise it waits for a jurisdiction, whatever the events say).
+        let policy_file = dir.path().join("ct.toml");
+        std::fs::write(
+            &policy_file,
+            "[policy]\ndefault-jurisdiction = \"CT\"\ndefault-record-holder = \"hospital\"\n",
+        )
+        .unwrap();
+        let config = std::fs::read_to_string(&env.config).unwrap();
+        std::fs::write(
+            &env.config,
+            format!("policy = {:?}\n{config}", policy_file.to_str().unwrap()),
+        )
+        .unwrap();
+        let policy = Policy::load(&policy_file).unwrap();
+        let mail: Vec<MailMessage> = Generator::new(11).take(N).map(|g| g.message).collect();
+        // Two HIPAA documentation messages, as the classifier will see them.
+        let hipaa: Vec<&MailMessage> = mail
+            .iter()
+            .filter(|m| {
+                policy.classify(m).category.as_str() == "hipaa_documentation"
+                    && m.created_date().is_some()
+            })
+            .take(2)
+            .collect();
+        assert_eq!(hipaa.len(), 2, "the generator makes HIPAA documentation");
+        let (h1, h2) = (hipaa[0], hipaa[1]);
+        let (c1, c2) = (h1.created_date().unwrap(), h2.created_date().unwrap());
+
+        // 1. An event produced before its record: h1's document superseded 3 years after the
+        // message (last in effect + 6 years is the later date).
+        let mut events = Proc::start("events-1", "events", &env);
+        let d1 = plus_years(c1, 3);
+        let mut k1 = keys(&h1.tenant);
+        k1.message_id = Some(h1.message_id.clone());
+        let e1 = event("ev-superseded-1", EventKind::Superseded, d1, k1);
+        produce_events(&env.brokers, std::slice::from_ref(&e1)).await;
+        wait_applied(&env.table, 1, &mut events).await;
+        let mut stored = EventsTable::open_or_create(
+            dir.path().join("events").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stored.all().await.unwrap().len(),
+            1,
+            "stored before any record"
+        );
+
+        let mut pipeline = super::run::Stage::start("all", "all", &env);
+        produce_mail(&env.brokers, &mail).await;
+        wait_rows(
+            &env.table,
+            N as i64,
+            Duration::from_secs(90),
+            &mut [&mut pipeline],
+        )
+        .await;
+        let landed = snapshot(&env.table).await;
+        assert_eq!(landed.len(), N);
+        let key_of =
+            |m: &MailMessage| retain_lake::record_key(&m.tenant, &m.mailbox, &m.message_id);
+        let r1 = &landed[&key_of(h1)];
+        assert_eq!(r1.category, "hipaa_documentation");
+        assert_eq!(r1.until, Some(plus_years(d1, 6)), "{r1:?}");
+        assert!(r1.events.contains("ev-superseded-1"), "{r1:?}");
+        // Without an event HIPAA documentation has no date (kept while in effect).
+        let r2 = &landed[&key_of(h2)];
+        assert_eq!(r2.until, None, "{r2:?}");
+        assert_ne!(r2.status, "scheduled", "{r2:?}");
+
+        // 2. After landing: h2's document was superseded two years before the message was
+        // written (creation + 6 years is the later date), and one patient is discharged.
+        let by_patient: BTreeMap<&str, usize> = landed
+            .values()
+            .filter(|r| r.category == "clinical")
+            .flat_map(|r| r.refs.iter().map(String::as_str))
+            .fold(BTreeMap::new(), |mut m, p| {
+                *m.entry(p).or_default() += 1;
+                m
+            });
+        assert!(by_patient.len() >= 2, "clinical mail of several patients");
+        let mrn = by_patient
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .unwrap()
+            .0
+            .to_string();
+        let tenant = &h1.tenant;
+        let mut k2 = keys(&h2.tenant);
+        k2.message_id = Some(h2.message_id.clone());
+        let e2 = event(
+            "ev-superseded-2",
+            EventKind::Superseded,
+            c2 - chrono::Days::new(730),
+            k2,
+        );
+        let mut k3 = keys(tenant);
+        k3.patient_mrn = Some(mrn.clone());
+        let discharged = NaiveDate::from_ymd_opt(2031, 6, 1).unwrap();
+        let e3 = event("ev-discharged-1", EventKind::Discharged, discharged, k3);
+        produce_events(&env.brokers, &[e2.clone(), e3.clone()]).await;
+        wait_applied(&env.table, 3, &mut events).await;
+        let after = snapshot(&env.table).await;
+        assert_eq!(
+            after[&key_of(h2)].until,
+            Some(plus_years(c2, 6)),
+            "{:?}",
+            after[&key_of(h2)]
+        );
+        let mut moved = 0;
+        for (key, before) in &landed {
+            let now = &after[key];
+            let patient = before.refs.contains(&mrn) && before.tenant == *tenant;
+            if key == &key_of(h2) {
+                continue;
+            }
+            if patient {
+                assert!(now.events.contains("ev-discharged-1"), "{key}: {now:?}");
+                if now.category == "clinical" {
+                    // Connecticut hospitals: 10 years from the latest of discharge, last
+                    // encounter and creation.
+                    assert_eq!(
+                        now.until,
+                        Some(plus_years(discharged, 10)),
+                        "{key}: {now:?}"
+                    );
+                    moved += 1;
+                }
+            } else {
+                assert_eq!(now, before, "{key}: a record of another patient changed");
+            }
+        }
+        assert!(
+            moved > 0,
+            "the discharge re-dated that patient's clinical records"
+        );
+
+        // 3. Many events at once, the stage SIGKILLed while it works: after a restart the table
+        // is what applying the same events without a kill gives.
+        let baseline = dir.path().join("baseline");
+        copy_dir(Path::new(&env.table), &baseline);
+        let mut batch = Vec::new();
+        for (i, p) in by_patient.keys().enumerate() {
+            let mut k = keys(tenant);
+            k.patient_mrn = Some((*p).to_owned());
+            batch.push(event(
+                &format!("ev-encounter-{i}"),
+                EventKind::Encounter,
+                NaiveDate::from_ymd_opt(2030, 1, 1).unwrap() + chrono::Days::new(i as u64),
+                k,
+            ));
+        }
+        produce_events(&env.brokers, &batch).await;
+        tokio::time::sleep(Duration::from_millis(
+            100 + u64::from(Utc::now().timestamp_subsec_millis()) % 800,
+        ))
+        .await;
+        let at_kill = applied(&env.table).await;
+        events.kill9();
+        eprintln!(
+            "killed the events stage with {} of {} events applied",
+            at_kill,
+            3 + batch.len()
+        );
+        let mut events = Proc::start("events-2", "events", &env);
+        let total = 3 + batch.len() as i64;
+        wait_applied(&env.table, total, &mut events).await;
+        let killed = snapshot(&env.table).await;
+        let mut expected =
+            RecordsTable::open_or_create(baseline.to_str().unwrap(), Default::default())
+                .await
+                .unwrap();
+        let as_stored: Vec<StoredEvent> = batch
+            .iter()
+            .map(|m| StoredEvent {
+                message: m.clone(),
+                stored_at: Utc::now(),
+                partition: 0,
+                offset: 0,
+            })
+            .collect();
+        apply_events(&mut expected, &policy, &as_stored, Vec::new(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            killed,
+            snapshot(baseline.to_str().unwrap()).await,
+            "same table as without the kill"
+        );
+        assert_ne!(killed, after, "the batch changed records");
+        assert_eq!(
+            stored.all().await.unwrap().len() as i64,
+            total,
+            "each event stored once"
+        );
+
+        // 4. Replaying every event changes nothing.
+        let mut all = vec![e1, e2, e3];
+        all.extend(batch);
+        produce_events(&env.brokers, &all).await;
+        wait_applied(&env.table, 2 * total, &mut events).await;
+        assert_eq!(
+            snapshot(&env.table).await,
+            killed,
+            "a replay changes nothing"
+        );
+        assert_eq!(
+            stored.all().await.unwrap().len() as i64,
+            total,
+            "a replay stores nothing"
+        );
+
+        let (code, out) = events.terminate();
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("events: "), "stats on exit: {out}");
+        let (code, out) = pipeline.terminate();
+        assert_eq!(code, Some(0), "{out}");
+        // No PHI in what the stages print.
+        for name in ["events-1", "events-2", "all"] {
+            let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+            assert!(!log.contains(&mrn), "{name} printed a patient reference");
+        }
+        // One audit entry per applied event, naming the event id (never the patient).
+        let o = super::retain(&[
+            "audit",
+            "show",
+            "--lake",
+            env.dir.to_str().unwrap(),
+            "--limit",
+            "0",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let applied: BTreeSet<&str> = entries
+            .iter()
+            .filter(|e| e["action"] == "retention_event_applied")
+            .filter_map(|e| e["target"].as_str())
+            .collect();
+        assert!(applied.contains("ev-discharged-1"), "{applied:?}");
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(&mrn));
+        broker.shutdown().await.unwrap();
+        eprintln!("events stage test in {:?}", started.elapsed());
+    }
+
+    fn retain_in(dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RETAIN_LAKE_ROOT")
+            .env_remove("RETAIN_POLICY")
+            .env_remove("RETAIN_BY")
+            .output()
+            .unwrap()
+    }
+
+    fn json(o: &Output) -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Administrative mail kept 1 year (was 3: earlier), transient mail 3 years (was 1: later).
+    const CHANGED: &str = r#"
+[[obligation]]
+id = "org.administrative"
+citation = "Records schedule RS-2: administrative mail kept 1 year"
+source-quality = "organisational policy"
+categories = ["administrative"]
+jurisdictions = ["US"]
+retain = { years = 1, from = "created" }
+
+[[obligation]]
+id = "org.transient"
+citation = "Records schedule RS-2: transient mail kept 2 years"
+source-quality = "organisational policy"
+categories = ["transient"]
+jurisdictions = ["US"]
+retain = { years = 3, from = "created" }
+"#;
+
+    #[test]
+    fn policy_diff_apply_lock_and_patient_find_on_the_demo_lake() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        json(&retain_in(d, &["demo", "-n", "300", "--json"]));
+        let table = d.join("lake/records");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let before = rt.block_on(snapshot(table.to_str().unwrap()));
+        // PHI a report must never print: every patient reference of the lake.
+        let phi: BTreeSet<String> = before.values().flat_map(|r| r.refs.clone()).collect();
+        assert!(!phi.is_empty(), "the demo lands patient mail");
+        let no_phi = |o: &Output| {
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o));
+            for p in &phi {
+                assert!(!text.contains(p.as_str()), "printed a patient reference");
+            }
+        };
+        std::fs::write(d.join("changed.toml"), CHANGED).unwrap();
+
+        // diff: what-if only; JSON counts; nothing written to records.
+        let o = retain_in(
+            d,
+            &[
+                "policy",
+                "diff",
+                "changed.toml",
+                "--by",
+                "records.manager",
+                "--json",
+            ],
+        );
+        no_phi(&o);
+        let diff = json(&o);
+        let t = &diff["total"];
+        let changed = t["later"].as_u64().unwrap()
+            + t["earlier"].as_u64().unwrap()
+            + t["same_date"].as_u64().unwrap();
+        assert!(t["earlier"].as_u64().unwrap() > 0, "{diff}");
+        assert!(t["later"].as_u64().unwrap() > 0, "{diff}");
+        assert_eq!(
+            changed + t["unchanged"].as_u64().unwrap(),
+            before.len() as u64
+        );
+        assert_eq!(
+            rt.block_on(snapshot(table.to_str().unwrap())),
+            before,
+            "diff writes nothing"
+        );
+        let text = retain_in(
+            d,
+            &["policy", "diff", "changed.toml", "--by", "records.manager"],
+        );
+        assert!(text.status.success(), "{}", stderr(&text));
+        no_phi(&text);
+        assert!(String::from_utf8_lossy(&text.stdout).contains("later: "));
+
+        // apply: needs a second person; rewrites exactly what diff counted; then idempotent.
+        let o = retain_in(
+            d,
+            &[
+                "policy",
+                "apply",
+                "changed.toml",
+                "--by",
+                "a.b",
+                "--approved-by",
+                "A.B",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let o = retain_in(
+            d,
+            &[
+                "policy",
+                "apply",
+                "changed.toml",
+                "--by",
+                "records.manager",
+                "--approved-by",
+                "compliance.officer",
+                "--json",
+            ],
+        );
+        no_phi(&o);
+        let applied = json(&o);
+        assert_eq!(applied["rows_changed"].as_u64(), Some(changed), "{applied}");
+        let after = rt.block_on(snapshot(table.to_str().unwrap()));
+        let rewritten = before.iter().filter(|(k, r)| after[*k] != **r).count() as u64;
+        assert!(rewritten > 0 && rewritten <= changed);
+        let o = retain_in(
+            d,
+            &[
+                "policy",
+                "apply",
+                "changed.toml",
+                "--by",
+                "records.manager",
+                "--approved-by",
+                "compliance.officer",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "nothing left to apply: {}",
+            stderr(&o)
+        );
+
+        // lock: from then on a policy moving dates earlier (the pack's 3 years for
+        // administrative mail is later, transient's 1 year earlier) is refused, exit 2.
+        let o = retain_in(
+            d,
+            &["policy", "lock", "--by", "compliance.officer", "--json"],
+        );
+        assert_eq!(json(&o)["locked"], true);
+        let o = retain_in(
+            d,
+            &[
+                "policy",
+                "apply",
+                "builtin",
+                "--by",
+                "records.manager",
+                "--approved-by",
+                "compliance.officer",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        no_phi(&o);
+        assert_eq!(
+            rt.block_on(snapshot(table.to_str().unwrap())),
+            after,
+            "refused: unchanged"
+        );
+
+        // patient find: the one command that prints patient data, audited by a hash.
+        let mrn = phi.iter().next().unwrap();
+        let o = retain_in(d, &["patient", "find", mrn]);
+        assert_eq!(o.status.code(), Some(2), "--by is required: {}", stderr(&o));
+        let found = json(&retain_in(
+            d,
+            &["patient", "find", mrn, "--by", "privacy.officer", "--json"],
+        ));
+        let keys: BTreeSet<&str> = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["record_key"].as_str().unwrap())
+            .collect();
+        let expected: BTreeSet<&str> = after
+            .iter()
+            .filter(|(_, r)| r.refs.contains(mrn))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, expected);
+
+        // The audit trail: the dry run, the apply with its approver, the lock, the access.
+        let audit = json(&retain_in(d, &["audit", "show", "--limit", "0", "--json"]));
+        let text = audit.to_string();
+        assert!(
+            !text.contains(mrn.as_str()),
+            "the audit trail names no patient"
+        );
+        let entries = audit.as_array().unwrap();
+        let of = |action: &str| -> Vec<&serde_json::Value> {
+            entries.iter().filter(|e| e["action"] == action).collect()
+        };
+        let policy = of("policy_applied");
+        assert!(
+            policy.iter().any(|e| e["details"]["dry_run"] == true),
+            "{policy:?}"
+        );
+        assert!(
+            policy
+                .iter()
+                .any(|e| e["details"]["approved_by"] == "compliance.officer"
+                    && e["details"]["changed"].as_u64() == Some(changed)),
+            "{policy:?}"
+        );
+        assert!(
+            policy.iter().any(|e| e["target"] == "policy-lock"),
+            "{policy:?}"
+        );
+        let access = of("patient_access");
+        assert_eq!(access.len(), 1, "{access:?}");
+        assert_eq!(access[0]["actor"], "privacy.officer");
+        assert_eq!(
+            access[0]["details"]["rows"].as_u64(),
+            Some(expected.len() as u64)
+        );
+        let o = retain_in(d, &["audit", "verify"]);
+        assert_eq!(o.status.code(), Some(0), "{}", super::stdout(&o));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
     }
 }

@@ -118,11 +118,9 @@ mod tests {
         let registry = SchemaRegistry::new();
         let event = crate::event::RetentionEventMessage {
             event_id: "e".into(),
-            event: retain_model::RetentionEvent {
-                kind: retain_model::EventKind::ALL[0],
-                date: "2024-01-01".parse().unwrap(),
-                action: None,
-            },
+            kind: retain_model::EventKind::ALL[0].into(),
+            date: "2024-01-01".parse().unwrap(),
+            action: None,
             keys: Default::default(),
             recorded_at: "2024-01-01T00:00:00Z".parse().unwrap(),
             source: "test".into(),

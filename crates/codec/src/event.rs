@@ -1,6 +1,6 @@
 //! `RetentionEventMessage` ⇄ `org.retain.v1.RetentionEvent`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use retain_model::{ContractAction, EventKind, RetentionEvent};
 
 use crate::error::Result;
@@ -8,6 +8,11 @@ use crate::framing::Framing;
 use crate::registry::{SchemaRegistry, decode_value, encode_value};
 use crate::schemas::RecordSchema;
 use crate::value::{Fields, date, nullable, opt_string, record, string, symbol, timestamp};
+
+/// The released v1 `RetentionEvent` schema (seven event types), kept so data written with it
+/// stays readable: [`SchemaRegistry::new`] registers it.
+pub const RETENTION_EVENT_V1: &str =
+    include_str!("../../../schemas/history/retention_event.v1.avsc");
 
 /// The keys a retention event is matched to records by; every one is optional.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -28,13 +33,68 @@ pub struct EventKeys {
     pub message_id: Option<String>,
 }
 
+/// The kinds of event on the retention-events topic (the `EventType` enum symbols): the clock
+/// events the policy engine knows ([`EventKind`]) and three that Retain handles around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// A clock event the policy engine schedules with.
+    Clock(EventKind),
+    /// The patient's date of birth became known (the event's `date` is the birth date).
+    BirthDateLearned,
+    /// A patient's access request (45 CFR 164.524) was opened: their records are preserved.
+    AccessRequestOpened,
+    /// A patient's access request was fulfilled.
+    AccessRequestFulfilled,
+}
+
+impl EventType {
+    /// Every type, in schema symbol order.
+    pub const ALL: [EventType; 10] = [
+        EventType::Clock(EventKind::Superseded),
+        EventType::Clock(EventKind::AuthorizationRevoked),
+        EventType::Clock(EventKind::ContractTerminated),
+        EventType::Clock(EventKind::Discharged),
+        EventType::Clock(EventKind::Encounter),
+        EventType::Clock(EventKind::AmendmentRequested),
+        EventType::Clock(EventKind::AmendmentResolved),
+        EventType::BirthDateLearned,
+        EventType::AccessRequestOpened,
+        EventType::AccessRequestFulfilled,
+    ];
+
+    /// The stable code (the enum symbol).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Clock(k) => k.as_str(),
+            EventType::BirthDateLearned => "birth_date_learned",
+            EventType::AccessRequestOpened => "access_request_opened",
+            EventType::AccessRequestFulfilled => "access_request_fulfilled",
+        }
+    }
+
+    /// Parses a stable code.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == code)
+    }
+}
+
+impl From<EventKind> for EventType {
+    fn from(k: EventKind) -> Self {
+        EventType::Clock(k)
+    }
+}
+
 /// A retention event as it travels on its topic: the event, its matching keys and provenance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionEventMessage {
     /// Unique id assigned by the source system.
     pub event_id: String,
-    /// What happened and when.
-    pub event: RetentionEvent,
+    /// What happened.
+    pub kind: EventType,
+    /// When it happened (for `birth_date_learned`: the date of birth).
+    pub date: NaiveDate,
+    /// For `contract_terminated`: what the contract requires.
+    pub action: Option<ContractAction>,
     /// Which records it applies to.
     pub keys: EventKeys,
     /// When Retain recorded it (whole microseconds on the wire).
@@ -43,8 +103,22 @@ pub struct RetentionEventMessage {
     pub source: String,
 }
 
+impl RetentionEventMessage {
+    /// The clock event the policy engine schedules with, for the clock types.
+    pub fn clock_event(&self) -> Option<RetentionEvent> {
+        match self.kind {
+            EventType::Clock(kind) => Some(RetentionEvent {
+                kind,
+                date: self.date,
+                action: self.action,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The stable code of a contract action (the enum symbol).
-fn action_code(a: ContractAction) -> &'static str {
+pub fn action_code(a: ContractAction) -> &'static str {
     match a {
         ContractAction::Return => "return",
         ContractAction::Destroy => "destroy",
@@ -52,7 +126,8 @@ fn action_code(a: ContractAction) -> &'static str {
     }
 }
 
-fn parse_action(code: &str) -> Option<ContractAction> {
+/// Parses a contract action's code.
+pub fn parse_action(code: &str) -> Option<ContractAction> {
     [
         ContractAction::Return,
         ContractAction::Destroy,
@@ -67,12 +142,9 @@ pub fn encode_retention_event(e: &RetentionEventMessage, framing: Framing) -> Re
     let k = &e.keys;
     let value = record(vec![
         ("event_id", string(&e.event_id)),
-        ("type", symbol(e.event.kind.as_str())),
-        ("date", date(e.event.date)),
-        (
-            "action",
-            nullable(e.event.action.map(|a| symbol(action_code(a)))),
-        ),
+        ("type", symbol(e.kind.as_str())),
+        ("date", date(e.date)),
+        ("action", nullable(e.action.map(|a| symbol(action_code(a))))),
         ("tenant", opt_string(k.tenant.as_deref())),
         ("document_id", opt_string(k.document_id.as_deref())),
         ("ba_id", opt_string(k.ba_id.as_deref())),
@@ -95,7 +167,7 @@ pub fn decode_retention_event(
     let value = decode_value(input, kind, registry)?;
     let mut f = Fields::top(kind.name(), value)?;
     let code = f.symbol("type")?;
-    let event_kind = EventKind::parse(&code)
+    let event_kind = EventType::parse(&code)
         .ok_or_else(|| f.error("type", format!("unknown event type {code:?}")))?;
     let action = match f.opt_symbol("action")? {
         None => None,
@@ -106,11 +178,9 @@ pub fn decode_retention_event(
     };
     Ok(RetentionEventMessage {
         event_id: f.string("event_id")?,
-        event: RetentionEvent {
-            kind: event_kind,
-            date: f.date("date")?,
-            action,
-        },
+        kind: event_kind,
+        date: f.date("date")?,
+        action,
         keys: EventKeys {
             tenant: f.opt_string("tenant")?,
             document_id: f.opt_string("document_id")?,
@@ -148,8 +218,11 @@ mod tests {
     #[test]
     fn enum_symbols_are_the_model_codes_in_order() {
         let schema = RecordSchema::RetentionEvent.schema();
-        let kinds: Vec<&str> = EventKind::ALL.map(EventKind::as_str).to_vec();
+        let kinds: Vec<&str> = EventType::ALL.map(EventType::as_str).to_vec();
         assert_eq!(enum_symbols(schema, "type"), kinds);
+        // The engine's kinds come first, in the engine's order.
+        let clock: Vec<&str> = EventKind::ALL.map(EventKind::as_str).to_vec();
+        assert_eq!(kinds[..clock.len()], clock[..]);
         assert_eq!(
             enum_symbols(schema, "action"),
             ["return", "destroy", "transfer"]
@@ -162,15 +235,13 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let registry = SchemaRegistry::new();
-        for kind in EventKind::ALL {
+        for kind in EventType::ALL {
             let e = RetentionEventMessage {
                 event_id: format!("ev-{}", kind.as_str()),
-                event: RetentionEvent {
-                    kind,
-                    date: "2024-02-29".parse().unwrap(),
-                    action: (kind == EventKind::ContractTerminated)
-                        .then_some(ContractAction::Destroy),
-                },
+                kind,
+                date: "2024-02-29".parse().unwrap(),
+                action: (kind == EventKind::ContractTerminated.into())
+                    .then_some(ContractAction::Destroy),
                 keys: EventKeys {
                     ba_id: Some("ba-7".into()),
                     ..EventKeys::default()
@@ -179,7 +250,12 @@ mod tests {
                 source: "contracts".into(),
             };
             let bytes = encode_retention_event(&e, Framing::SingleObject).unwrap();
-            assert_eq!(decode_retention_event(&bytes, &registry).unwrap(), e);
+            let back = decode_retention_event(&bytes, &registry).unwrap();
+            assert_eq!(
+                back.clock_event().is_some(),
+                matches!(kind, EventType::Clock(_))
+            );
+            assert_eq!(back, e);
         }
     }
 }

@@ -39,7 +39,10 @@ pub use classified::{
 };
 pub use disposal::{DisposalCommandMessage, decode_disposal_command, encode_disposal_command};
 pub use error::{Error, Result};
-pub use event::{EventKeys, RetentionEventMessage, decode_retention_event, encode_retention_event};
+pub use event::{
+    EventKeys, EventType, RETENTION_EVENT_V1, RetentionEventMessage, action_code,
+    decode_retention_event, encode_retention_event, parse_action,
+};
 pub use framing::{
     CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, Framing, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC,
 };

@@ -82,6 +82,10 @@ impl SchemaRegistry {
         for kind in RecordSchema::ALL {
             registry.register(kind.schema().clone());
         }
+        // Released versions that may still be on topics (docs/schemas.md, evolution rules).
+        registry
+            .register_json(crate::event::RETENTION_EVENT_V1)
+            .expect("the released RetentionEvent v1 schema parses");
         registry
     }
 
@@ -276,7 +280,8 @@ mod tests {
         for kind in RecordSchema::ALL {
             assert!(r.by_fingerprint(kind.fingerprint()).is_some(), "{kind}");
         }
-        assert_eq!(r.fingerprints().len(), RecordSchema::ALL.len());
+        // Plus the released RetentionEvent v1.
+        assert_eq!(r.fingerprints().len(), RecordSchema::ALL.len() + 1);
         assert!(SchemaRegistry::empty().fingerprints().is_empty());
     }
 

@@ -15,7 +15,7 @@ use retain_codec::{
 };
 use retain_model::{
     Address, Attachment, Category, Classification, ContractAction, Direction, EventKind,
-    MailMessage, PhiIndicators, RetentionEvent,
+    MailMessage, PhiIndicators,
 };
 
 const CONFLUENT_ID: u32 = 41;
@@ -188,11 +188,9 @@ fn retention_events_round_trip_in_both_framings() {
     let registry = registry();
     let event = RetentionEventMessage {
         event_id: "contracts:ba-7:termination".into(),
-        event: RetentionEvent {
-            kind: EventKind::ContractTerminated,
-            date: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(),
-            action: Some(ContractAction::Return),
-        },
+        kind: EventKind::ContractTerminated.into(),
+        date: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(),
+        action: Some(ContractAction::Return),
         keys: EventKeys {
             tenant: Some("st-mary".into()),
             ba_id: Some("ba-7".into()),
@@ -484,7 +482,7 @@ proptest! {
     #[test]
     fn random_retention_events_round_trip(
         id in text(),
-        kind in proptest::sample::select(EventKind::ALL.to_vec()),
+        kind in proptest::sample::select(retain_codec::EventType::ALL.to_vec()),
         days in -719_162_i32..2_932_896, // 0001-01-01 ..= 9999-12-31
         action in proptest::option::of(proptest::sample::select(vec![
             ContractAction::Return, ContractAction::Destroy, ContractAction::Transfer,
@@ -499,11 +497,9 @@ proptest! {
     ) {
         let e = RetentionEventMessage {
             event_id: id,
-            event: RetentionEvent {
-                kind,
-                date: NaiveDate::from_epoch_days(days).unwrap(),
-                action,
-            },
+            kind,
+            date: NaiveDate::from_epoch_days(days).unwrap(),
+            action,
             keys: EventKeys {
                 tenant: keys.0,
                 document_id: keys.1,
@@ -522,6 +518,50 @@ proptest! {
 }
 
 // ---- schema evolution ------------------------------------------------------------------------
+
+/// Retention events written with the released v1 schema (seven types) still decode after v2
+/// appended `birth_date_learned`, `access_request_opened` and `access_request_fulfilled`.
+#[test]
+fn retention_events_written_with_v1_decode_with_the_v2_reader() {
+    let v1 = retain_codec::Schema::parse_str(retain_codec::RETENTION_EVENT_V1).unwrap();
+    let v1_fp = fingerprint(&v1);
+    assert_ne!(v1_fp, RecordSchema::RetentionEvent.fingerprint());
+    let value = rec(vec![
+        ("event_id", s("ehr:adt:1")),
+        ("type", Value::Enum(3, "discharged".into())),
+        ("date", Value::Date(19_800)),
+        ("action", none()),
+        ("tenant", none()),
+        ("document_id", none()),
+        ("ba_id", none()),
+        ("patient_mrn", some(s("12345678"))),
+        ("thread_id", none()),
+        ("custodian", none()),
+        ("message_id", none()),
+        ("recorded_at", Value::TimestampMicros(1_700_000_000_000_000)),
+        ("source", s("ehr-adt")),
+    ]);
+    let mut bytes = Framing::SingleObject.header(v1_fp);
+    bytes.extend(retain_codec::apache_avro::to_avro_datum(&v1, value).unwrap());
+    let e = decode_retention_event(&bytes, &SchemaRegistry::new()).unwrap();
+    assert_eq!(e.kind, EventKind::Discharged.into());
+    assert_eq!(e.keys.patient_mrn.as_deref(), Some("12345678"));
+    assert_eq!(
+        e.clock_event().unwrap().date,
+        NaiveDate::from_epoch_days(19_800).unwrap()
+    );
+    // And a v2-only type round-trips with the current schema.
+    let learned = RetentionEventMessage {
+        kind: retain_codec::EventType::BirthDateLearned,
+        action: None,
+        ..e
+    };
+    let bytes = encode_retention_event(&learned, Framing::SingleObject).unwrap();
+    assert_eq!(
+        decode_retention_event(&bytes, &SchemaRegistry::new()).unwrap(),
+        learned
+    );
+}
 
 const MAIL_MESSAGE_V0: &str = include_str!("fixtures/mail_message_v0.avsc");
 

@@ -218,6 +218,14 @@ impl Generator {
         }
     }
 
+    /// Sent dates from `start` over `span_days` days instead (at least one day): a run of
+    /// generators over consecutive periods gives mail in the order a live stream lands it.
+    pub fn with_period(mut self, start: NaiveDate, span_days: u64) -> Self {
+        self.start = start;
+        self.span_days = span_days.max(1);
+        self
+    }
+
     fn person(&mut self) -> (String, String) {
         let first = *self.rng.pick(&FIRST);
         let last = *self.rng.pick(&LAST);

@@ -134,6 +134,8 @@ audit_actions! {
     RetentionEventApplied => "retention_event_applied",
     /// A policy was applied to records (re-classification or re-scheduling).
     PolicyApplied => "policy_applied",
+    /// The records table's files were compacted or clustered (no row added or removed).
+    RecordsOptimized => "records_optimized",
 }
 
 impl fmt::Display for AuditAction {
@@ -1172,6 +1174,7 @@ mod tests {
                 "patient_access",
                 "retention_event_applied",
                 "policy_applied",
+                "records_optimized",
             ]
         );
         for a in AuditAction::ALL {

@@ -26,8 +26,8 @@ pub use batch::{RecordBatchBuilder, RecordRow, record_key};
 pub use error::{Error, Result, is_commit_race};
 pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};
 pub use table::{
-    DEFAULT_MAX_ATTEMPTS, Landed, RECORDS_STATS_COLUMNS, RecordsTable, TxnMark, append_batch,
-    open_or_create_table, register_storage_handlers, txn_app_id,
+    DEFAULT_MAX_ATTEMPTS, Landed, Optimized, RECORDS_STATS_COLUMNS, RecordsTable, TxnMark,
+    append_batch, open_or_create_table, register_storage_handlers, txn_app_id,
 };
 
 /// Re-exported so callers build and read batches with the exact Arrow and deltalake versions

@@ -2,6 +2,7 @@
 //! committed Kafka offsets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 use std::sync::Once;
 
 use deltalake::arrow::array::{Array, AsArray, BooleanArray};
@@ -10,6 +11,7 @@ use deltalake::arrow::datatypes::{Int32Type, Int64Type};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
 use deltalake::kernel::{Action, StructField, Transaction};
+use deltalake::operations::optimize::OptimizeType;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
@@ -58,6 +60,23 @@ pub struct Landed {
     pub bytes_written: u64,
     /// The committed next offset of every requested partition after the call.
     pub offsets: BTreeMap<i32, i64>,
+}
+
+/// What one [`RecordsTable::optimize`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Optimized {
+    /// The table version before.
+    pub version_before: u64,
+    /// The version after (the same when there was nothing to rewrite).
+    pub version_after: u64,
+    /// Files taken out of the table (still on storage until a vacuum).
+    pub files_removed: u64,
+    /// Files written.
+    pub files_added: u64,
+    /// Bytes of the files taken out.
+    pub bytes_removed: u64,
+    /// Bytes of the files written.
+    pub bytes_added: u64,
 }
 
 /// A further `txn` committed with a landing: `{app_id}-{partition}` advanced to `next_offset`
@@ -342,6 +361,49 @@ impl RecordsTable {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Compacts the table's files into files of about `target_size` bytes, and with `cluster`
+    /// rewrites them ordered by `retain_until` (a Delta OPTIMIZE ZORDER on that one column), so
+    /// each file covers a narrow range of dates and a disposal query reads only the files that
+    /// can hold due records. Rows are neither added nor removed; the old files stay on storage
+    /// until a vacuum. A concurrent landing is not blocked (appends do not conflict with it);
+    /// a concurrent delete makes one of the two commits retry or fail.
+    #[instrument(skip_all, fields(table = %self.url, cluster))]
+    pub async fn optimize(&mut self, target_size: u64, cluster: bool) -> Result<Optimized> {
+        self.refresh().await?;
+        let before = self.version();
+        let kind = if cluster {
+            OptimizeType::ZOrder(vec![columns::RETAIN_UNTIL.to_owned()])
+        } else {
+            OptimizeType::Compact
+        };
+        let properties = CommitProperties::default().with_metadata([(
+            "retain".to_owned(),
+            serde_json::json!({ "appId": "retain-optimize", "cluster": cluster }),
+        )]);
+        let (table, metrics) = self
+            .table
+            .clone()
+            .optimize()
+            .with_type(kind)
+            .with_target_size(NonZeroU64::new(target_size.max(1)).unwrap_or(NonZeroU64::MIN))
+            .with_commit_properties(properties)
+            .await
+            .map_err(|source| Error::Commit {
+                url: self.url.clone(),
+                version: before,
+                source: Box::new(source),
+            })?;
+        self.table = table;
+        Ok(Optimized {
+            version_before: before,
+            version_after: self.version(),
+            files_removed: metrics.num_files_removed,
+            files_added: metrics.num_files_added,
+            bytes_removed: metrics.files_removed.total_size as u64,
+            bytes_added: metrics.files_added.total_size as u64,
+        })
     }
 
     /// The version of `{app_id}` (a `txn` action without a partition suffix), if any.

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::{Error, Result};
 pub use explain::{Case, Explanation};
-pub use schedule::{EVERYWHERE, Record};
+pub use schedule::{EVERYWHERE, Record, combine};
 
 use classify::Classifier;
 use doc::MergedDoc;

@@ -430,8 +430,14 @@ fn outcome(o: &Obligation, v: Value) -> ObligationOutcome {
     }
 }
 
-/// Longest retention wins: indefinite beats pending beats the latest date.
-fn combine(obligations: Vec<ObligationOutcome>, policy_version: &Arc<str>) -> RetentionDecision {
+/// Longest retention wins: indefinite beats pending beats the latest date. `governing` is the
+/// first indefinite obligation, else the first pending one, else the first with the latest
+/// date. Public so that a recompute with further obligations (crates/events) combines them
+/// exactly as the engine does.
+pub fn combine(
+    obligations: Vec<ObligationOutcome>,
+    policy_version: &Arc<str>,
+) -> RetentionDecision {
     let mut latest: Option<(NaiveDate, usize)> = None;
     let mut first_indefinite = None;
     let mut first_pending = None;

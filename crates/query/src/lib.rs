@@ -4,7 +4,8 @@
 //! `upcoming_disposals`) and functions (`is_held()`, `years_until_disposal(...)`, the
 //! `disposal_candidates(as_of)` table function), limits the memory its queries may use, and
 //! refuses anything but queries. `docs/sql.md` is the reference; `retain sql` and the SQL
-//! endpoint build on it.
+//! endpoint build on it. [`reports`] defines the standard reports (`docs/reports.md`) and
+//! [`render`] prints results and reports as a table, CSV, JSON or HTML.
 //!
 //! Hold coverage follows `retain-govern` exactly: a hold covers a record when its condition is
 //! true or NULL; a record is a disposal candidate when it is scheduled, its `retain_until` is on
@@ -13,6 +14,8 @@
 mod catalog;
 mod error;
 mod functions;
+pub mod render;
+pub mod reports;
 
 pub use catalog::{
     ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS, LakeTable,
@@ -20,6 +23,7 @@ pub use catalog::{
 };
 pub use error::{Error, Result};
 pub use functions::{DAYS_PER_YEAR, DISPOSAL_CANDIDATES, IS_HELD, YEARS_UNTIL_DISPOSAL};
+pub use reports::{Chart, Report, ReportOutput, Section, Series, run_report};
 
 /// Re-exported so callers use the exact DataFusion (and Arrow) the catalog was built with.
 pub use datafusion;

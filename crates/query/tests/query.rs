@@ -675,3 +675,465 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The standard reports on a fixed, seeded lake, rendered and compared with the golden files
+/// under `tests/golden/` (`RETAIN_BLESS=1` rewrites them). Every timestamp the reports can
+/// show is fixed; hold and manifest ids end in random hex, replaced by their order of creation.
+mod reports {
+    use std::path::PathBuf;
+
+    use chrono::DateTime;
+    use retain_lake::{AuditAction, AuditEntry, AuditTable};
+    use retain_query::render;
+    use retain_query::reports::{Report, ReportOutput, run_report};
+
+    use super::*;
+
+    /// A moment on a day, UTC.
+    fn at(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.from_utc_datetime(&day(y, m, d).and_hms_opt(h, 0, 0).unwrap())
+    }
+
+    /// 240 records: six mailboxes, five categories (one `unclassified`), three jurisdictions
+    /// and none; scheduled dates from 2026-01 to 2029-06; a few indefinite and pending.
+    fn seeded_records() -> Result<RecordBatch> {
+        let mut rng = Rng(20261204);
+        let mut b = RecordBatchBuilder::new();
+        for id in 0..240 {
+            let mailbox = rng.pick(&["alice", "bob", "carol", "dave", "erin", "frank"]);
+            let mut m = MailMessage::new(format!("r{id}@example.org"), mailbox);
+            m.subject = rng
+                .pick(&[Some("Raptor deal"), Some("lunch"), Some("rounds"), None])
+                .map(str::to_owned);
+            m.size_bytes = 1000 + rng.below(9000) as u64;
+            m.sent_at = (rng.below(12) > 0).then(|| {
+                let d = day(2019, 1, 1) + Days::new(rng.below(7 * 365) as u64);
+                Utc.from_utc_datetime(&d.and_hms_opt(9, 30, 0).unwrap())
+            });
+            let category = rng.pick(&[
+                "clinical",
+                "clinical",
+                "administrative",
+                "transient",
+                "training_record",
+                "unclassified",
+            ]);
+            let phi = PhiIndicators {
+                mrn: category == "clinical" || rng.below(5) == 0,
+                ..PhiIndicators::default()
+            };
+            let classification = Classification {
+                category: Category::new(category)?,
+                rule: None,
+                confidence: 1.0,
+                forced: false,
+                phi,
+                patient_refs: Vec::new(),
+                also_matched: Vec::new(),
+                policy_version: Arc::from("test"),
+            };
+            let record = ClassifiedRecord::new(
+                m,
+                classification,
+                "test",
+                Lineage {
+                    topic: "retain.mail".into(),
+                    partition: 0,
+                    offset: id,
+                },
+            );
+            let (retain_until, status, governing) = match rng.below(12) {
+                0 => (None, RetentionStatus::Indefinite, "org.legal-review"),
+                1 => (None, RetentionStatus::Pending, "state.co.minor"),
+                _ => {
+                    let d = day(2026, 1, 1) + Days::new(rng.below(3 * 365 + 180) as u64);
+                    let rule = match category {
+                        "clinical" => rng.pick(&["state.co.hospital", "state.ny.hospital"]),
+                        "administrative" => "org.administrative",
+                        "transient" => "org.transient",
+                        "training_record" => "us.hipaa.training",
+                        _ => "org.unclassified-default",
+                    };
+                    (Some(d), RetentionStatus::Scheduled, rule)
+                }
+            };
+            let decision = RetentionDecision {
+                retain_until,
+                status,
+                governing: Some(Arc::from(governing)),
+                waiting_for: if status == RetentionStatus::Pending {
+                    vec!["age_of_majority".to_owned()]
+                } else {
+                    Vec::new()
+                },
+                obligations: Vec::new(),
+                policy_version: Arc::from("test"),
+            };
+            let jurisdiction = rng.pick(&[Some("CO"), Some("NY"), Some("TX"), None]);
+            b.push_record(&record, &decision, jurisdiction.map(str::to_owned), None)?;
+        }
+        Ok(b.finish(at(2026, 5, 1, 8))?)
+    }
+
+    /// The seeded lake, and its hold and manifest ids in order of creation.
+    struct Seeded {
+        dir: tempfile::TempDir,
+        ids: Vec<String>,
+    }
+
+    type Tables<'a> = (
+        &'a mut RecordsTable,
+        &'a mut HoldsTable,
+        &'a mut ManifestsTable,
+        &'a mut DisposalsTable,
+    );
+
+    /// Plans a disposal as of the day of `when` (and approves and executes it two and four
+    /// hours later when `execute`); the manifest id, if anything was due.
+    async fn dispose(
+        t: &mut Tables<'_>,
+        when: DateTime<Utc>,
+        execute: bool,
+    ) -> Result<Option<String>> {
+        let today = when.date_naive();
+        let mut d = Disposal::new(&mut *t.0, &mut *t.1, &mut *t.2, &mut *t.3, today);
+        let Some(m) = d.plan(today, "records.manager", when).await? else {
+            return Ok(None);
+        };
+        if execute {
+            d.approve(
+                &m.id,
+                "compliance.officer",
+                when + chrono::Duration::hours(2),
+            )
+            .await?;
+            let mut d = Disposal::new(&mut *t.0, &mut *t.1, &mut *t.2, &mut *t.3, today)
+                .for_real()
+                .with_grace(chrono::Duration::zero());
+            d.execute(&m.id, "cron", None, when + chrono::Duration::hours(4))
+                .await?;
+        }
+        Ok(Some(m.id))
+    }
+
+    async fn seeded_lake() -> Result<Seeded> {
+        let dir = tempfile::tempdir()?;
+        let loc = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let mut records = RecordsTable::open_or_create(&loc("records"), HashMap::new()).await?;
+        records
+            .land(seeded_records()?, "retain-lineage", &[(0, 240)])
+            .await?;
+        let mut holds = HoldsTable::open_or_create(&loc("holds"), HashMap::new()).await?;
+        let mut manifests =
+            ManifestsTable::open_or_create(&loc("manifests"), HashMap::new()).await?;
+        let mut disposals =
+            DisposalsTable::open_or_create(&loc("disposals"), HashMap::new()).await?;
+        let mut ids = Vec::new();
+        let scope = |custodians: &[&str], keywords: &[&str], categories: &[&str]| HoldScope {
+            custodians: custodians.iter().map(|s| s.to_string()).collect(),
+            keywords: keywords.iter().map(|s| s.to_string()).collect(),
+            categories: categories.iter().map(|s| s.to_string()).collect(),
+            ..HoldScope::default()
+        };
+
+        // 2026-06-01: a hold on clinical mail. 2026-09-01: a hold on bob's mailbox (released
+        // 2026-10-15, after the first disposal, which it protected).
+        let clinical = holds
+            .create(
+                &mut records,
+                new_hold("counsel", scope(&[], &[], &["clinical"])),
+                at(2026, 6, 1, 10),
+            )
+            .await?;
+        ids.push(clinical.id);
+        let bob = holds
+            .create(
+                &mut records,
+                new_hold("counsel", scope(&["bob"], &[], &[])),
+                at(2026, 9, 1, 10),
+            )
+            .await?;
+        ids.push(bob.id.clone());
+
+        // Two disposals, executed on 2026-10-01 and 2026-11-16 (bob's hold released between
+        // them); a third plan on 2026-12-04 left unapproved.
+        let mut tables = (&mut records, &mut holds, &mut manifests, &mut disposals);
+        ids.extend(dispose(&mut tables, at(2026, 10, 1, 9), true).await?);
+        tables
+            .1
+            .release(
+                &bob.id,
+                Release {
+                    released_by: "counsel".into(),
+                    approved_by: "general.counsel".into(),
+                    justification: "settled".into(),
+                },
+                at(2026, 10, 15, 10),
+            )
+            .await?;
+        ids.extend(dispose(&mut tables, at(2026, 11, 16, 9), true).await?);
+        ids.extend(dispose(&mut tables, at(2026, 12, 4, 9), false).await?);
+        // 2026-11-20: a hold on carol's mail about the Raptor deal (no subject: covered too).
+        let raptor = holds
+            .create(
+                &mut records,
+                new_hold("counsel", scope(&["carol"], &["raptor"], &[])),
+                at(2026, 11, 20, 10),
+            )
+            .await?;
+        ids.push(raptor.id);
+
+        // The audit trail: queries, reports and previews (read), and entries that are not.
+        let mut audit = AuditTable::open_or_create(&loc("audit"), HashMap::new()).await?;
+        // (Details as the JSON text `retain sql` writes: this crate does not link serde_json.)
+        let with_details = |mut e: AuditEntry, details: String| {
+            e.details = details;
+            e
+        };
+        let query = |actor: &str, when, tables: &str, hash: char| {
+            let list: Vec<String> = tables.split(',').map(|t| format!("\"{t}\"")).collect();
+            with_details(
+                AuditEntry::new(AuditAction::SqlQuery, actor, when, tables),
+                format!(
+                    "{{\"outcome\":\"ok\",\"query_sha256\":\"{}\",\"rows\":3,\"statement\":1,\"tables\":[{}]}}",
+                    hash.to_string().repeat(64),
+                    list.join(",")
+                ),
+            )
+        };
+        audit
+            .append(&[
+                AuditEntry::new(
+                    AuditAction::RecordsLanded,
+                    "retain-scheduler",
+                    at(2026, 5, 1, 8),
+                    "records",
+                ),
+                query("analyst", at(2026, 5, 2, 9), "records", 'a'),
+                query("analyst", at(2026, 10, 2, 9), "records", 'b'),
+                query("analyst", at(2026, 11, 3, 14), "holds,records", 'c'),
+                AuditEntry::new(
+                    AuditAction::HoldPreviewed,
+                    "counsel",
+                    at(2026, 11, 19, 16),
+                    "(preview)",
+                )
+                .with_lineage("records"),
+                AuditEntry::new(
+                    AuditAction::Export,
+                    "records.manager",
+                    at(2026, 12, 1, 8),
+                    "report:forecast",
+                )
+                .with_table_version(1),
+                query("auditor", at(2026, 12, 3, 11), "audit", 'd'),
+                // After the as-of date: not in the report.
+                query("analyst", at(2026, 12, 5, 9), "records", 'e'),
+            ])
+            .await?;
+        Ok(Seeded { dir, ids })
+    }
+
+    impl Seeded {
+        async fn run(&self, report: Report) -> Result<ReportOutput> {
+            let catalog = Catalog::open(
+                self.dir.path().to_str().unwrap(),
+                HashMap::new(),
+                CatalogOptions {
+                    today: Some(today()),
+                    ..CatalogOptions::default()
+                },
+            )
+            .await?;
+            Ok(run_report(&catalog, report, today()).await?)
+        }
+
+        /// The text with each hold and manifest id's random tail replaced by its order of
+        /// creation (`H-20260601-00000001`).
+        fn normalise(&self, text: &str) -> String {
+            let mut out = text.to_owned();
+            for (i, id) in self.ids.iter().enumerate() {
+                let (head, _) = id.rsplit_once('-').unwrap();
+                out = out.replace(id.as_str(), &format!("{head}-{:08}", i + 1));
+            }
+            out
+        }
+    }
+
+    fn golden_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    }
+
+    /// Compares `actual` with the golden file `name` (rewrites it when `RETAIN_BLESS=1`); a
+    /// mismatch names the file and shows the differing lines.
+    fn golden(name: &str, actual: &str) {
+        let path = golden_dir().join(name);
+        if std::env::var("RETAIN_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::create_dir_all(golden_dir()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run with RETAIN_BLESS=1 to write it",
+                path.display()
+            )
+        });
+        if expected == actual {
+            return;
+        }
+        let (want, got): (Vec<&str>, Vec<&str>) =
+            (expected.lines().collect(), actual.lines().collect());
+        let mut diff = String::new();
+        let mut shown = 0;
+        for i in 0..want.len().max(got.len()) {
+            let (w, g) = (want.get(i), got.get(i));
+            if w != g {
+                if let Some(w) = w {
+                    diff.push_str(&format!("{:>4} - {w}\n", i + 1));
+                }
+                if let Some(g) = g {
+                    diff.push_str(&format!("{:>4} + {g}\n", i + 1));
+                }
+                shown += 1;
+                if shown == 20 {
+                    diff.push_str("     ...\n");
+                    break;
+                }
+            }
+        }
+        panic!(
+            "{} differs from the report (- golden, + now; RETAIN_BLESS=1 rewrites it):\n{diff}",
+            path.display()
+        );
+    }
+
+    /// Each of the five reports, as text and CSV (and JSON for two, HTML for all), is what its
+    /// golden file says; what the reports read and what they leave out is checked too.
+    #[tokio::test]
+    async fn reports_match_their_golden_files() -> Result<()> {
+        let lake = seeded_lake().await?;
+        for report in Report::ALL {
+            let out = lake.run(report).await?;
+            let name = report.name();
+            golden(
+                &format!("{name}.txt"),
+                &lake.normalise(&render::report_table(&out)?),
+            );
+            golden(
+                &format!("{name}.csv"),
+                &lake.normalise(&render::report_csv(&out)?),
+            );
+            let html = lake.normalise(&render::report_html(&out)?);
+            if matches!(report, Report::Forecast | Report::Holds) {
+                let json = lake.normalise(&render::report_json(&out)?);
+                assert!(json.starts_with(&format!("{{\n  \"report\": \"{name}\",")));
+                assert_eq!(json.matches("{\"heading\": ").count(), out.sections.len());
+                golden(&format!("{name}.json"), &json);
+            }
+            if report == Report::Forecast {
+                golden(&format!("{name}.html"), &html);
+            }
+            assert_well_formed(&html, name);
+            // No PHI: no subject, address or matter appears in any rendering.
+            for text in [&html, &render::report_csv(&out)?] {
+                for phi in [
+                    "Raptor",
+                    "raptor",
+                    "lunch",
+                    "@example.org",
+                    "Doe v. Clinic",
+                    "complaint",
+                ] {
+                    assert!(!text.contains(phi), "{name} shows {phi}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tag opened is closed, in order (void elements and `<.../>` aside).
+    fn assert_well_formed(html: &str, name: &str) {
+        let mut stack: Vec<String> = Vec::new();
+        let mut rest = html;
+        while let Some(start) = rest.find('<') {
+            let end = rest[start..].find('>').expect("a tag ends") + start;
+            let tag = &rest[start + 1..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('!') || tag.ends_with('/') {
+                continue;
+            }
+            let tag_name: String = tag
+                .trim_start_matches('/')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            if ["meta", "br", "hr", "img", "link"].contains(&tag_name.as_str()) {
+                continue;
+            }
+            if tag.starts_with('/') {
+                assert_eq!(
+                    stack.pop().as_deref(),
+                    Some(tag_name.as_str()),
+                    "{name}.html: </{tag_name}> closes the wrong tag"
+                );
+            } else {
+                stack.push(tag_name);
+            }
+        }
+        assert!(stack.is_empty(), "{name}.html leaves {stack:?} open");
+    }
+
+    /// The forecast starts at the as-of month, has 24 months, adds up to the scheduled records
+    /// due in that window, and draws one bar segment per non-zero month and category.
+    #[tokio::test]
+    async fn the_forecast_chart_draws_every_non_zero_cell_once() -> Result<()> {
+        let lake = seeded_lake().await?;
+        let out = lake.run(Report::Forecast).await?;
+        let chart = out.chart.as_ref().expect("the forecast has a chart");
+        assert_eq!(chart.labels.len(), 24);
+        assert_eq!(chart.labels[0], "2026-12");
+        assert_eq!(chart.labels[23], "2028-11");
+        let catalog = Catalog::open(
+            lake.dir.path().to_str().unwrap(),
+            HashMap::new(),
+            CatalogOptions {
+                today: Some(today()),
+                ..CatalogOptions::default()
+            },
+        )
+        .await?;
+        let due = count(
+            &catalog,
+            "SELECT count(*) FROM records WHERE retention_status = 'scheduled' \
+             AND retain_until >= DATE '2026-12-01' AND retain_until < DATE '2028-12-01'",
+        )
+        .await?;
+        assert!(due > 0);
+        assert_eq!(chart.totals().iter().sum::<u64>(), due as u64);
+        let non_zero = chart
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter())
+            .filter(|v| **v > 0)
+            .count();
+        let svg = render::chart_svg(chart);
+        assert_eq!(svg.matches("<rect class=\"bar\"").count(), non_zero);
+        assert_eq!(
+            svg.matches("<rect class=\"swatch\"").count(),
+            chart.series.len()
+        );
+        for label in &chart.labels {
+            assert!(
+                svg.contains(&format!(">{label}</text>")),
+                "{label} on the x axis"
+            );
+        }
+        // Reports read through views to the lake tables, and say so.
+        assert_eq!(out.tables, ["records"]);
+        assert_eq!(out.queries.len(), 1);
+        let access = lake.run(Report::Access).await?;
+        assert_eq!(access.tables, ["audit"]);
+        Ok(())
+    }
+}

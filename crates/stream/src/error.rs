@@ -49,6 +49,14 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// Reading or writing retention events, or recomputing records with them (crates/events).
+    #[error(transparent)]
+    Events {
+        /// The cause.
+        #[from]
+        source: retain_events::Error,
+    },
+
     /// A topic the stage needs does not exist.
     #[error("topic `{topic}` does not exist")]
     MissingTopic {
@@ -135,13 +143,15 @@ impl Error {
             Error::Lake { source } if source.is_bad_input() => ErrorKind::BadInput,
             Error::Lake { source } if source.is_retryable() => ErrorKind::Unavailable,
             Error::Audit { source } if source.is_retryable() => ErrorKind::Unavailable,
+            Error::Events { source } if source.is_retryable() => ErrorKind::Unavailable,
             Error::Delivery { .. }
             | Error::MissingTopic { .. }
             | Error::Partitions { .. }
             | Error::Codec { .. }
             | Error::Command { .. }
             | Error::Lake { .. }
-            | Error::Audit { .. } => ErrorKind::Bug,
+            | Error::Audit { .. }
+            | Error::Events { .. } => ErrorKind::Bug,
         }
     }
 }

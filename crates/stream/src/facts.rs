@@ -22,6 +22,16 @@ pub struct Known {
 pub trait FactsSource: Send + Sync + std::fmt::Debug {
     /// The facts and events for `message`, or `None` when nothing is known.
     fn lookup(&self, message: &MailMessage) -> Option<Arc<Known>>;
+
+    /// Retention events from the retention-events topic (the `events` table) that match the
+    /// record, with their ids; recorded on the row and scheduled with. None by default.
+    fn events_for(
+        &self,
+        _message: &MailMessage,
+        _classification: &Classification,
+    ) -> Vec<retain_events::AppliedEvent> {
+        Vec::new()
+    }
 }
 
 /// Nothing is known: every record is scheduled on its message alone.

@@ -19,6 +19,7 @@ mod classifier;
 mod commands;
 mod config;
 mod error;
+mod events;
 mod facts;
 mod kafka;
 mod metrics;
@@ -32,6 +33,9 @@ pub use config::{
     GROUP_SCHEDULER, KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use events::{
+    APP_EVENTS, EventsConfig, EventsFacts, EventsStage, EventsStats, TOPIC_RETENTION_EVENTS,
+};
 pub use facts::{FactsSource, InMemoryFacts, Known, NoFacts, apply_facts};
 pub use kafka::{HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use metrics::{

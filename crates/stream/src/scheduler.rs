@@ -12,9 +12,10 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use retain_codec::{ClassifiedRecord, SchemaRegistry, decode_classified_record};
+use retain_events::{AppliedEvent, StoredEntry};
 use retain_lake::{RecordBatchBuilder, RecordRow, RecordsTable, TxnMark};
 use retain_model::Facts;
-use retain_policy::{Policy, Record};
+use retain_policy::Policy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -159,11 +160,15 @@ struct Buffer {
     bytes: usize,
     since: Option<Instant>,
     dead: Vec<(i32, i64, DeliveryFuture)>,
+    /// Per buffered row: the facts and events it was scheduled with, stored among its
+    /// obligations so it can be recomputed later (docs/events.md).
+    provenance: Vec<Vec<StoredEntry>>,
 }
 
 impl Buffer {
     fn new() -> Self {
         Buffer {
+            provenance: Vec::new(),
             builder: RecordBatchBuilder::new(),
             rows: 0,
             bytes: 0,
@@ -498,18 +503,31 @@ impl Scheduler {
         };
         let mut record = record;
         apply_facts(&mut record.classification, facts);
-        let decision = self.policy.schedule(
-            Record {
-                category: &record.classification.category,
-                created: record.message.created_date(),
-            },
-            facts,
-            events,
+        // Events from the events table (joined at landing) and the facts source's own events,
+        // scheduled and recorded on the row by the same function a later recompute uses.
+        let mut applied: Vec<AppliedEvent> =
+            events.iter().map(AppliedEvent::from_fact_event).collect();
+        applied.extend(
+            self.facts
+                .events_for(&record.message, &record.classification),
         );
         let (jurisdiction, holder) = self.policy.effective(facts);
+        let scheduled = retain_events::schedule(
+            &self.policy,
+            &record.classification.category,
+            record.message.created_date(),
+            &Facts {
+                jurisdiction: jurisdiction.clone(),
+                record_holder: holder.clone(),
+                ..facts.clone()
+            },
+            &applied,
+        );
+        let decision = scheduled.decision;
         match RecordRow::new(&record, &decision, jurisdiction, holder) {
             Ok(row) => {
                 buffer.builder.push(&row);
+                buffer.provenance.push(scheduled.provenance);
                 buffer.rows += 1;
                 m.buffered_rows.set(buffer.rows as u64);
                 part.buffered_lineage = Some(record.lineage.offset + 1);
@@ -658,6 +676,7 @@ impl Scheduler {
         }
         let mut builder = buffer.builder;
         let batch = builder.finish(Utc::now())?;
+        let batch = retain_events::rows::append_entries(&batch, &buffer.provenance)?;
         let lineage: Vec<(i32, i64)> = state
             .parts
             .iter()

@@ -1,0 +1,507 @@
+//! Query benchmark: the disposal-candidates query and a hold preview over a generated `records`
+//! table (10M rows by default), timed with DataFusion — as Retain runs them — and with DuckDB
+//! (Python, from PyPI) on the same Parquet files, in the same run. Figures go to
+//! docs/PERFORMANCE.md.
+//!
+//! ```sh
+//! pip install duckdb==2.0.0
+//! cargo run --release -p retain-benches --example queries -- --records 10000000
+//! ```
+//!
+//! The table is built the way the scheduler builds it — generated mail classified and
+//! scheduled by the built-in policy, landed in 50,000-row commits — in the order a live stream
+//! lands mail: each landing holds mail sent in one consecutive slice of the 15 years. It is
+//! kept under `--lake` and reused by later runs with the same size and seed.
+//!
+//! Both queries run on two layouts of the same rows: as the stream landed them, and clustered
+//! by `retain_until` with `RecordsTable::optimize` (a copy). For each query the DataFusion run
+//! reports how many of the table's files the scan read (after Delta's file statistics pruned
+//! the rest) and the bytes it read, from the plan's own metrics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use chrono::{Days, NaiveDate, Utc};
+use clap::Parser;
+use retain_codec::{ClassifiedRecord, Lineage};
+use retain_generate::Generator;
+use retain_lake::deltalake::arrow::array::AsArray;
+use retain_lake::deltalake::arrow::datatypes::Int64Type;
+use retain_lake::deltalake::datafusion::datasource::physical_plan::FileScanConfig;
+use retain_lake::deltalake::datafusion::datasource::source::DataSourceExec;
+use retain_lake::deltalake::datafusion::physical_plan::{ExecutionPlan, collect};
+use retain_lake::deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use retain_lake::{RecordBatchBuilder, RecordRow, RecordsTable};
+use retain_policy::{Policy, Record};
+use serde::Serialize;
+
+/// The file size the clustered copy is written with: small enough that a date range maps to
+/// a few files.
+const CLUSTER_FILE_SIZE: u64 = 32 << 20;
+
+/// Rows per landing (the scheduler's default `max-rows`).
+const LANDING_ROWS: usize = 50_000;
+
+#[derive(Parser, Debug)]
+#[command(about = "Disposal candidates and a hold preview: DataFusion against DuckDB")]
+struct Args {
+    /// Rows in the generated table.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: usize,
+    /// Where the table is built (and reused).
+    #[arg(long, default_value = "target/bench-lake")]
+    lake: PathBuf,
+    /// Generator seed.
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// Timed runs of each query per engine (the first run is also timed, and reported apart).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The disposal cut-off.
+    #[arg(long, default_value = "2026-12-04")]
+    as_of: NaiveDate,
+    /// The Python with duckdb.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Let DataFusion filter rows while decoding Parquet (`pushdown_filters`, `reorder_filters`):
+    /// what the catalog sets.
+    #[arg(long)]
+    pushdown: bool,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The hold of the preview and of the disposal query: one custodian and a keyword.
+const HOLD: &str = "(lower(custodian) IN ('jamie.smith') OR lower(mailbox) IN ('jamie.smith')) \
+                    AND (strpos(lower(subject), 'referral') > 0)";
+
+fn disposal_sql(as_of: NaiveDate) -> String {
+    // What `retain dispose plan` selects (docs/disposal.md), with the active hold excluded the
+    // way coverage is defined: a record is held when the hold's condition is true or unknown.
+    format!(
+        "SELECT category, governing, count(*) AS records, min(retain_until) AS earliest \
+         FROM records \
+         WHERE retention_status = 'scheduled' AND retain_until <= DATE '{as_of}' \
+         AND NOT (({HOLD}) IS NOT FALSE) \
+         GROUP BY category, governing ORDER BY category, governing"
+    )
+}
+
+fn preview_sql() -> String {
+    // What `retain hold preview` counts (docs/holds.md).
+    format!(
+        "SELECT custodian, category, count(*) AS records FROM records \
+         WHERE ({HOLD}) IS NOT FALSE GROUP BY custodian, category ORDER BY custodian, category"
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    engine: &'static str,
+    query: &'static str,
+    first_s: f64,
+    median_s: f64,
+    min_s: f64,
+    /// The query's result, summed: rows counted.
+    result_rows: i64,
+    files_read: Option<usize>,
+    files_in_table: Option<usize>,
+    bytes_read: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Layout {
+    layout: &'static str,
+    files: usize,
+    table_bytes: u64,
+    timings: Vec<Timing>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    records: usize,
+    /// Whether DataFusion filtered rows while decoding Parquet.
+    pushdown: bool,
+    build_s: Option<f64>,
+    /// Seconds `RecordsTable::optimize` took to cluster the copy (when it ran).
+    optimize_s: Option<f64>,
+    as_of: NaiveDate,
+    layouts: Vec<Layout>,
+    machine: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.lake)?;
+    let table_dir = args
+        .lake
+        .join(format!("records-{}-{}", args.records, args.seed));
+    let location = table_dir
+        .to_str()
+        .context("the lake path is not UTF-8")?
+        .to_owned();
+    let build_s = if rows_in(&location).await? == Some(args.records as i64) {
+        eprintln!("reusing {location}");
+        None
+    } else {
+        if table_dir.exists() {
+            std::fs::remove_dir_all(&table_dir)?;
+        }
+        Some(build(&location, args.records, args.seed).await?)
+    };
+    // The same rows clustered by `retain_until` (`RecordsTable::optimize`), in a copy.
+    let clustered_dir = args
+        .lake
+        .join(format!("clustered-{}-{}", args.records, args.seed));
+    let clustered = clustered_dir
+        .to_str()
+        .context("the lake path is not UTF-8")?
+        .to_owned();
+    let mut optimize_s = None;
+    if build_s.is_some() || !clustered_dir.join("_delta_log").is_dir() {
+        if clustered_dir.exists() {
+            std::fs::remove_dir_all(&clustered_dir)?;
+        }
+        let ok = Command::new("cp")
+            .args(["-r", &location, &clustered])
+            .status()?;
+        ensure!(ok.success(), "copying the table");
+        let mut t = RecordsTable::open_or_create(&clustered, HashMap::new()).await?;
+        let started = Instant::now();
+        let o = t.optimize(CLUSTER_FILE_SIZE, true).await?;
+        optimize_s = Some(started.elapsed().as_secs_f64());
+        eprintln!(
+            "clustered by retain_until in {:.0} s: {} files -> {}",
+            optimize_s.unwrap_or_default(),
+            o.files_removed,
+            o.files_added
+        );
+    }
+
+    let mut layouts = Vec::new();
+    for (layout, at) in [("stream order", &location), ("clustered", &clustered)] {
+        let table = RecordsTable::open_or_create(at, HashMap::new()).await?;
+        let files: Vec<String> = table
+            .delta_table()
+            .get_file_uris()?
+            .map(|u| u.trim_start_matches("file://").to_owned())
+            .collect();
+        let table_bytes: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        eprintln!(
+            "{layout}: {} rows in {} files, {:.2} GiB",
+            args.records,
+            files.len(),
+            table_bytes as f64 / (1u64 << 30) as f64
+        );
+        let mut timings = Vec::new();
+        for (name, sql) in [
+            ("disposal_candidates", disposal_sql(args.as_of)),
+            ("hold_preview", preview_sql()),
+        ] {
+            timings.push(
+                datafusion_timing(&table, name, &sql, args.runs, files.len(), args.pushdown)
+                    .await?,
+            );
+            timings.push(duckdb_timing(&args.python, &files, name, &sql, args.runs)?);
+            let (df, duck) = (&timings[timings.len() - 2], &timings[timings.len() - 1]);
+            ensure!(
+                df.result_rows == duck.result_rows,
+                "{name}: DataFusion counted {} rows, DuckDB {}",
+                df.result_rows,
+                duck.result_rows
+            );
+            eprintln!(
+                "{layout}, {name}: DataFusion {:.3} s (median), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; DataFusion read {} of {} files, {:.0} MiB",
+                df.median_s,
+                duck.median_s,
+                df.median_s / duck.median_s,
+                df.result_rows,
+                df.files_read.unwrap_or(0),
+                files.len(),
+                df.bytes_read.unwrap_or(0) as f64 / (1 << 20) as f64
+            );
+        }
+        layouts.push(Layout {
+            layout,
+            files: files.len(),
+            table_bytes,
+            timings,
+        });
+    }
+    let report = Report {
+        records: args.records,
+        pushdown: args.pushdown,
+        build_s,
+        optimize_s,
+        as_of: args.as_of,
+        layouts,
+        machine: machine(),
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text)?;
+    }
+    Ok(())
+}
+
+/// Rows in the table at `location`, if there is one.
+async fn rows_in(location: &str) -> Result<Option<i64>> {
+    if !Path::new(location).join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let t = RecordsTable::open_or_create(location, HashMap::new()).await?;
+    let ctx = SessionContext::new();
+    ctx.register_table("records", t.delta_table().table_provider().await?)?;
+    let b = ctx
+        .sql("SELECT count(*) FROM records")
+        .await?
+        .collect()
+        .await?;
+    Ok(Some(b[0].column(0).as_primitive::<Int64Type>().value(0)))
+}
+
+/// Generates, classifies, schedules and lands `records` rows in time order; returns seconds.
+async fn build(location: &str, records: usize, seed: u64) -> Result<f64> {
+    let started = Instant::now();
+    let policy = Policy::builtin()?;
+    let mut table = RecordsTable::open_or_create(location, HashMap::new()).await?;
+    let landings = records.div_ceil(LANDING_ROWS);
+    let start = NaiveDate::from_ymd_opt(2012, 1, 1).context("date")?;
+    let span = 15 * 365u64;
+    let mut offset = 0i64;
+    for i in 0..landings {
+        let n = LANDING_ROWS.min(records - i * LANDING_ROWS);
+        let from = start + Days::new(span * i as u64 / landings as u64);
+        let days = (span * (i as u64 + 1) / landings as u64)
+            .saturating_sub(span * i as u64 / landings as u64);
+        let mut generator = Generator::new(seed.wrapping_add(i as u64)).with_period(from, days);
+        let mut builder = RecordBatchBuilder::new();
+        for _ in 0..n {
+            let g = generator.next_record();
+            let mut message = g.message;
+            // Unique across the generators (each restarts its numbering).
+            message.message_id = format!("{offset}.{}", message.message_id);
+            let classification = policy.classify(&message);
+            let decision = policy.schedule(
+                Record {
+                    category: &classification.category,
+                    created: message.created_date(),
+                },
+                &g.facts,
+                &g.events,
+            );
+            let (jurisdiction, holder) = policy.effective(&g.facts);
+            let record = ClassifiedRecord::new(
+                message,
+                classification,
+                "retain-benches",
+                Lineage {
+                    topic: "retain.mail".to_owned(),
+                    partition: 0,
+                    offset,
+                },
+            );
+            builder.push(&RecordRow::new(&record, &decision, jurisdiction, holder)?);
+            offset += 1;
+        }
+        let batch = builder.finish(Utc::now())?;
+        let landed = table.land(batch, "retain-lineage", &[(0, offset)]).await?;
+        ensure!(
+            landed.rows_landed == n,
+            "landed {} of {n}",
+            landed.rows_landed
+        );
+        if i % 20 == 0 {
+            eprintln!(
+                "built {offset} of {records} rows ({:.0} rows/s)",
+                offset as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs `sql` through DataFusion over the Delta table `runs + 1` times; the plan's metrics of
+/// the last run give the files and bytes read.
+async fn datafusion_timing(
+    table: &RecordsTable,
+    name: &'static str,
+    sql: &str,
+    runs: usize,
+    files_in_table: usize,
+    pushdown: bool,
+) -> Result<Timing> {
+    let mut times = Vec::new();
+    let mut rows = 0;
+    let mut last_plan = None;
+    for _ in 0..=runs {
+        let config = SessionConfig::new()
+            .set_bool("datafusion.execution.parquet.pushdown_filters", pushdown)
+            .set_bool("datafusion.execution.parquet.reorder_filters", pushdown);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_table("records", table.delta_table().table_provider().await?)?;
+        let t = Instant::now();
+        let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+        let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
+        times.push(t.elapsed().as_secs_f64());
+        rows = result_rows(&batches, "records")?;
+        last_plan = Some(plan);
+    }
+    let plan = last_plan.context("no run")?;
+    let (files, bytes) = scanned(&plan);
+    Ok(timing(
+        "datafusion",
+        name,
+        &times,
+        rows,
+        Some(files),
+        Some(files_in_table),
+        Some(bytes),
+    ))
+}
+
+/// The sum of the `records` column of a result.
+fn result_rows(
+    batches: &[retain_lake::deltalake::arrow::array::RecordBatch],
+    column: &str,
+) -> Result<i64> {
+    let mut sum = 0;
+    for b in batches {
+        let c = b.column_by_name(column).context("no count column")?;
+        let c = c.as_primitive::<Int64Type>();
+        sum += (0..c.len()).map(|i| c.value(i)).sum::<i64>();
+    }
+    Ok(sum)
+}
+
+/// Files in the plan's Parquet scans and the bytes they read (the `bytes_scanned` metric).
+fn scanned(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    let node: &dyn std::any::Any = plan.as_ref();
+    if let Some(source) = node.downcast_ref::<DataSourceExec>() {
+        let data: &dyn std::any::Any = source.data_source().as_ref();
+        if let Some(config) = data.downcast_ref::<FileScanConfig>() {
+            files += config.file_groups.iter().map(|g| g.len()).sum::<usize>();
+        }
+    }
+    if let Some(metrics) = plan.metrics() {
+        bytes += metrics
+            .sum_by_name("bytes_scanned")
+            .map_or(0, |v| v.as_usize() as u64);
+    }
+    for child in plan.children() {
+        let (f, b) = scanned(child);
+        files += f;
+        bytes += b;
+    }
+    (files, bytes)
+}
+
+const DUCKDB: &str = r#"
+import json, statistics, sys, time
+import duckdb
+files, sql, runs = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+con = duckdb.connect()
+paths = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+con.execute(f"CREATE VIEW records AS SELECT * FROM read_parquet({paths})")
+times, rows = [], 0
+for _ in range(runs + 1):
+    t = time.perf_counter()
+    result = con.execute(sql).fetchall()
+    times.append(time.perf_counter() - t)
+    cols = [d[0] for d in con.description]
+    rows = sum(r[cols.index("records")] for r in result)
+print(json.dumps({"times": times, "rows": rows, "version": duckdb.__version__}))
+"#;
+
+/// Runs `sql` through DuckDB over the same Parquet files.
+fn duckdb_timing(
+    python: &str,
+    files: &[String],
+    name: &'static str,
+    sql: &str,
+    runs: usize,
+) -> Result<Timing> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            DUCKDB,
+            &serde_json::to_string(files)?,
+            sql,
+            &runs.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    if !out.status.success() {
+        bail!(
+            "DuckDB failed (pip install duckdb==2.0.0): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let times: Vec<f64> = serde_json::from_value(v["times"].clone())?;
+    eprintln!("DuckDB {}", v["version"]);
+    Ok(timing(
+        "duckdb",
+        name,
+        &times,
+        v["rows"].as_i64().context("rows")?,
+        None,
+        None,
+        None,
+    ))
+}
+
+fn timing(
+    engine: &'static str,
+    query: &'static str,
+    times: &[f64],
+    result_rows: i64,
+    files_read: Option<usize>,
+    files_in_table: Option<usize>,
+    bytes_read: Option<u64>,
+) -> Timing {
+    let mut warm: Vec<f64> = times[1..].to_vec();
+    warm.sort_by(f64::total_cmp);
+    Timing {
+        engine,
+        query,
+        first_s: times[0],
+        median_s: warm[warm.len() / 2],
+        min_s: warm[0],
+        result_rows,
+        files_read,
+        files_in_table,
+        bytes_read,
+    }
+}
+
+/// CPU model and count, and the load average when the run ended.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("{model}, {cores} cores, load {}", load.trim())
+}
