@@ -25,6 +25,31 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The `retain` binary run in `dir`, with none of the caller's `RETAIN*` variables (each test
+/// sets what it means to).
+fn retain_in(dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_retain"));
+    c.args(args).current_dir(dir);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RETAIN") {
+            c.env_remove(name);
+        }
+    }
+    c.output().expect("run retain")
+}
+
+/// `o`, after checking it succeeded (its output in the failure message).
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    o
+}
+
+/// The JSON `o` printed, after checking it succeeded.
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn corpus() -> Option<PathBuf> {
     let p = root().join("../shared/data/enron-categorized");
     if p.exists() {
@@ -1119,23 +1144,9 @@ mod import {
 // `retain hold`: on a small demo lake.
 
 mod hold {
-    use std::process::{Command, Output};
+    use std::process::Command;
 
-    use super::stderr;
-
-    fn retain_in(dir: &std::path::Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_retain"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RETAIN_LAKE_ROOT")
-            .output()
-            .unwrap()
-    }
-
-    fn json(o: &Output) -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
+    use super::{json, retain_in, stderr};
 
     #[test]
     fn holds_preview_create_list_release_and_audit_on_the_demo_lake() {
@@ -2145,27 +2156,7 @@ mod sql {
     use std::path::Path;
     use std::process::{Command, Output, Stdio};
 
-    use super::{stderr, stdout};
-
-    fn retain_in(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_retain"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RETAIN_LAKE_ROOT")
-            .env_remove("RETAIN_SQL_FORMAT")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(o: Output) -> Output {
-        assert!(o.status.success(), "{}", stderr(&o));
-        o
-    }
-
-    fn json(o: &Output) -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
+    use super::{json, ok, retain_in, stderr, stdout};
 
     /// JSON Lines: one object per row.
     fn rows(o: &Output) -> Vec<serde_json::Value> {
@@ -2429,24 +2420,7 @@ mod serve {
     use std::path::Path;
     use std::process::{Child, Command, Output, Stdio};
 
-    use super::{stderr, stdout};
-
-    fn retain_in(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_retain"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RETAIN_LAKE_ROOT")
-            .env_remove("RETAIN_SQL_FORMAT")
-            .env_remove("RETAIN_SERVE_USERS")
-            .env_remove("RETAIN_SERVE_LISTEN")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(o: Output) -> Output {
-        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-        o
-    }
+    use super::{ok, retain_in, stderr, stdout};
 
     /// Whether a client is installed; outside CI a missing one is a SKIP, in CI a failure.
     fn have(what: &str, program: &str, args: &[&str]) -> bool {
@@ -2951,32 +2925,8 @@ print(json.dumps(out))
 
 mod report {
     use std::collections::BTreeMap;
-    use std::path::Path;
-    use std::process::{Command, Output};
 
-    use super::{stderr, stdout};
-
-    fn retain_in(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_retain"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RETAIN_LAKE_ROOT")
-            .env_remove("RETAIN_REPORT_FORMAT")
-            .env_remove("RETAIN_REPORT_AS_OF")
-            .env_remove("RETAIN_REPORT_BY")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(o: Output) -> Output {
-        assert!(o.status.success(), "{}", stderr(&o));
-        o
-    }
-
-    fn json(o: &Output) -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
+    use super::{json, ok, retain_in, stderr, stdout};
 
     /// The rows of CSV section `heading` (after its `# heading` line and header).
     fn csv_section(out: &str, heading: &str) -> Vec<Vec<String>> {
@@ -3184,7 +3134,7 @@ mod events {
     use retain_policy::Policy;
 
     use super::run::{Env, setup, wait_rows};
-    use super::{root, stderr};
+    use super::{json, retain_in, root, stderr};
 
     const TOPIC: &str = "retain.retention-events";
 
@@ -3675,22 +3625,6 @@ mod events {
         assert!(!String::from_utf8_lossy(&o.stdout).contains(&mrn));
         broker.shutdown().await.unwrap();
         eprintln!("events stage test in {:?}", started.elapsed());
-    }
-
-    fn retain_in(dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_retain"))
-            .args(args)
-            .current_dir(dir)
-            .env_remove("RETAIN_LAKE_ROOT")
-            .env_remove("RETAIN_POLICY")
-            .env_remove("RETAIN_BY")
-            .output()
-            .unwrap()
-    }
-
-    fn json(o: &Output) -> serde_json::Value {
-        assert!(o.status.success(), "{}", stderr(o));
-        serde_json::from_slice(&o.stdout).unwrap()
     }
 
     /// Administrative mail kept 1 year (was 3: earlier), transient mail 3 years (was 1: later).
