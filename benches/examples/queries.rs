@@ -71,6 +71,13 @@ struct Args {
     /// what the catalog sets.
     #[arg(long)]
     pushdown: bool,
+    /// A further query to time on both engines (repeatable; it must return a `records` column
+    /// of counts), e.g. to find which part of a query costs what.
+    #[arg(long, value_name = "SQL")]
+    extra: Vec<String>,
+    /// Only the stream-order layout (no clustered copy).
+    #[arg(long)]
+    stream_only: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -208,11 +215,16 @@ async fn run(args: Args) -> Result<()> {
             files.len(),
             table_bytes as f64 / (1u64 << 30) as f64
         );
-        let mut timings = Vec::new();
-        for (name, sql) in [
+        if args.stream_only && layout == "clustered" {
+            continue;
+        }
+        let mut queries = vec![
             ("disposal_candidates", disposal_sql(args.as_of)),
             ("hold_preview", preview_sql()),
-        ] {
+        ];
+        queries.extend(args.extra.iter().map(|sql| ("extra", sql.clone())));
+        let mut timings = Vec::new();
+        for (name, sql) in queries {
             timings.push(
                 datafusion_timing(&table, name, &sql, args.runs, files.len(), args.pushdown)
                     .await?,
