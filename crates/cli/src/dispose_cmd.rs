@@ -12,7 +12,7 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 use retain_govern::{Disposal, DisposalsTable, HoldsTable, ManifestsTable};
 use retain_lake::{AuditAction, AuditEntry, AuditTable, RecordsTable};
-use retain_stream::{CommandPublisher, KafkaConfig, TOPIC_DISPOSAL_COMMANDS};
+use retain_stream::{CommandPublisher, TOPIC_DISPOSAL_COMMANDS};
 
 use crate::config::HumanDuration;
 use crate::hold_cmd::{LakeArgs, govern, records, storage, table_location};
@@ -369,18 +369,11 @@ fn command_sink(a: &ExecuteArgs) -> Result<Option<CommandPublisher>> {
         return Ok(None);
     }
     let (file, origin) = crate::config::load(a.lake.config.as_deref(), std::env::vars())?;
-    let brokers = a
-        .brokers
-        .clone()
-        .or(file.kafka.bootstrap_servers.clone())
-        .filter(|b| !b.trim().is_empty())
-        .ok_or_else(|| {
-            crate::output::BadInput(format!(
-                "--for-real publishes a disposal command per message for the mail system: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}, or pass --no-commands"
-            ))
-        })?;
-    let mut kafka = KafkaConfig::new(brokers);
-    kafka.settings = crate::run::flatten(&file.kafka.settings, &origin, "kafka.settings")?;
+    let kafka = crate::run::kafka_config(a.brokers.as_deref(), &file, &origin)?.ok_or_else(|| {
+        crate::output::BadInput(format!(
+            "--for-real publishes a disposal command per message for the mail system: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}, or pass --no-commands"
+        ))
+    })?;
     let topic = a
         .commands_topic
         .clone()

@@ -109,21 +109,33 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
+/// The Kafka settings: brokers from `brokers` (a flag or its variable) or the file's `[kafka]
+/// bootstrap-servers`, with `[kafka.settings]`; `None` when neither names any broker.
+pub(crate) fn kafka_config(
+    brokers: Option<&str>,
+    file: &config::FileConfig,
+    origin: &str,
+) -> Result<Option<KafkaConfig>> {
+    let Some(brokers) = brokers
+        .map(str::to_owned)
+        .or(file.kafka.bootstrap_servers.clone())
+        .filter(|b| !b.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut kafka = KafkaConfig::new(brokers);
+    kafka.settings = flatten(&file.kafka.settings, origin, "kafka.settings")?;
+    Ok(Some(kafka))
+}
+
 /// Reads the file (if any) and layers the flags over it.
 fn resolve(a: &RunArgs) -> Result<Resolved> {
     let (file, origin) = config::load(a.config.as_deref(), std::env::vars())?;
-    let brokers = a
-        .brokers
-        .clone()
-        .or(file.kafka.bootstrap_servers.clone())
-        .filter(|b| !b.trim().is_empty())
-        .ok_or_else(|| {
-            bad(format!(
-                "no Kafka brokers: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}"
-            ))
-        })?;
-    let mut kafka = KafkaConfig::new(brokers);
-    kafka.settings = flatten(&file.kafka.settings, &origin, "kafka.settings")?;
+    let kafka = kafka_config(a.brokers.as_deref(), &file, &origin)?.ok_or_else(|| {
+        bad(format!(
+            "no Kafka brokers: set --brokers, RETAIN_BROKERS or [kafka] bootstrap-servers in {origin}"
+        ))
+    })?;
     let input = a
         .input_topic
         .clone()

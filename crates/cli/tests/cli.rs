@@ -3639,7 +3639,7 @@ retain = { years = 1, from = "created" }
 
 [[obligation]]
 id = "org.transient"
-citation = "Records schedule RS-2: transient mail kept 2 years"
+citation = "Records schedule RS-2: transient mail kept 3 years"
 source-quality = "organisational policy"
 categories = ["transient"]
 jurisdictions = ["US"]
