@@ -51,8 +51,8 @@ use retain_model::Facts;
 use retain_policy::{Policy, Record};
 use retain_stream::{
     APP_LINEAGE, APP_SCHEDULER, CancellationToken, Classifier, ClassifierConfig, KafkaConfig,
-    NoFacts, Scheduler, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, apply_facts,
-    dead_letter_topic,
+    NoFacts, Scheduler, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, TOPIC_RETENTION_EVENTS,
+    apply_facts, dead_letter_topic,
 };
 use serde::Serialize;
 
@@ -305,6 +305,9 @@ async fn run(args: Args) -> Result<()> {
             (TOPIC_CLASSIFIED.to_owned(), args.partitions),
             (dead_letter_topic(TOPIC_MAIL), 1),
             (dead_letter_topic(TOPIC_CLASSIFIED), 1),
+            // `retain run all` runs the events stage too (idle here: no events).
+            (TOPIC_RETENTION_EVENTS.to_owned(), 1),
+            (dead_letter_topic(TOPIC_RETENTION_EVENTS), 1),
         ] {
             broker.create_topic(&topic, partitions).await?;
         }

@@ -36,7 +36,8 @@ pub enum Stage {
     /// `retain.retention-events` → the `events` table → re-dated `records` (one process owns
     /// the whole topic; docs/events.md).
     Events,
-    /// The classifier and the scheduler, in one process (the events stage runs on its own).
+    /// The classifier, the scheduler and the events stage, in one process (`--no-events` for
+    /// a second replica: one events stage per topic is enough).
     All,
 }
 
@@ -46,9 +47,13 @@ const EVENTS_REFRESH: Duration = Duration::from_secs(10);
 /// Arguments of `retain run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The stage to run: classifier, scheduler, events or all (classifier and scheduler).
+    /// The stage to run: classifier, scheduler, events or all (the three).
     #[arg(value_enum)]
     stage: Stage,
+    /// With `all`: leave out the events stage (for a second machine running `all`: one events
+    /// stage per topic does the work; more only race each other).
+    #[arg(long)]
+    no_events: bool,
     /// A TOML configuration file (see deploy/retain.toml); flags and environment override it.
     #[arg(long, value_name = "FILE", env = "RETAIN_CONFIG")]
     config: Option<PathBuf>,
@@ -254,8 +259,11 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         None
     };
 
-    let events = if a.stage == Stage::Events {
-        if a.group.is_some() {
+    if a.no_events && a.stage != Stage::All {
+        return Err(bad("--no-events goes with `retain run all` only"));
+    }
+    let events = if a.stage == Stage::Events || (a.stage == Stage::All && !a.no_events) {
+        if a.stage == Stage::Events && a.group.is_some() {
             return Err(bad(
                 "--group (RETAIN_GROUP) does not apply to the events stage: it owns every partition of its topic and keeps its position in the records table",
             ));
@@ -274,7 +282,7 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
                 return Err(bad(format!("{origin}: events.{key} must be more than 0")));
             }
         }
-        let mut e = EventsConfig::new(kafka, &location, &events);
+        let mut e = EventsConfig::new(kafka.clone(), &location, &events);
         e.topic = events_topic;
         e.audit_location = Some(audit);
         e.storage_options = storage;
@@ -467,7 +475,7 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
                 s.dead_lettered
             ),
             Outcome::Events(Ok(s)) => outln!(
-                "events: {} read, {} stored, {} undecodable, {} rows re-dated in {} batches",
+                "events: {} read, {} stored, {} dead-lettered, {} rows re-dated in {} batches",
                 s.consumed,
                 s.stored,
                 s.undecodable,
@@ -585,7 +593,20 @@ mod tests {
             r.events_facts,
             Some(("l/events".to_owned(), EVENTS_REFRESH))
         );
-        assert!(r.events.is_none(), "`all` does not start the events stage");
+        let e = r.events.expect("`all` starts the events stage");
+        assert_eq!(e.events_location, "l/events");
+        let r = resolve(&args(&[
+            "all",
+            "--no-events",
+            "--brokers",
+            "b:9092",
+            "--lake",
+            "l/records",
+        ]))
+        .unwrap();
+        assert!(r.events.is_none() && r.scheduler.is_some() && r.classifier.is_some());
+        let e = resolve(&args(&["scheduler", "--no-events", "--brokers", "b"])).unwrap_err();
+        assert!(e.to_string().contains("--no-events"), "{e}");
 
         let e = resolve(&args(&["events", "--brokers", "b", "--lake", "l/x"])).unwrap_err();
         assert!(e.to_string().contains("does not end in `records`"), "{e}");

@@ -617,6 +617,9 @@ mod run {
             ("retain.classified", 3),
             ("retain.mail.dlq", 1),
             ("retain.classified.dlq", 1),
+            // `retain run all` runs the events stage too.
+            ("retain.retention-events", 2),
+            ("retain.retention-events.dlq", 1),
         ] {
             broker.create_topic(topic, partitions).await.unwrap();
         }
@@ -3312,6 +3315,60 @@ mod events {
         }
     }
 
+    async fn produce_raw(brokers: &str, key: &[u8], payload: &[u8]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::to(TOPIC).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// Every record on the events' dead-letter topic (payload, headers), read until a second
+    /// brings nothing more.
+    fn dead_letters(brokers: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "events-dlq-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&format!("{TOPIC}.dlq"), 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(2) {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_owned(), v.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+                quiet = Instant::now();
+            }
+        }
+        out
+    }
+
     async fn produce_mail(brokers: &str, mail: &[MailMessage]) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -3379,7 +3436,6 @@ mod events {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let (broker, env) = setup(dir.path(), 100).await;
-        broker.create_topic(TOPIC, 2).await.unwrap();
         // `retain run` has no facts source: a default jurisdiction and holder let clinical
         // mail be scheduled (otherwise it waits for a jurisdiction, whatever the events say).
         let policy_file = dir.path().join("ct.toml");
@@ -3430,13 +3486,15 @@ mod events {
             "stored before any record"
         );
 
-        let mut pipeline = super::run::Stage::start("all", "all", &env);
+        // The classifier and the scheduler (`all` would start a second events stage).
+        let mut classifier = super::run::Stage::start("classifier", "classifier", &env);
+        let mut scheduler = super::run::Stage::start("scheduler", "scheduler", &env);
         produce_mail(&env.brokers, &mail).await;
         wait_rows(
             &env.table,
             N as i64,
             Duration::from_secs(90),
-            &mut [&mut pipeline],
+            &mut [&mut classifier, &mut scheduler],
         )
         .await;
         let landed = snapshot(&env.table).await;
@@ -3578,11 +3636,21 @@ mod events {
             "each event stored once"
         );
 
-        // 4. Replaying every event changes nothing.
+        // 4. Replaying every event changes nothing; an undecodable one goes to the dead letters.
         let mut all = vec![e1, e2, e3];
         all.extend(batch);
         produce_events(&env.brokers, &all).await;
-        wait_applied(&env.table, 2 * total, &mut events).await;
+        let garbage = b"not an event".as_slice();
+        produce_raw(&env.brokers, b"bad-1", garbage).await;
+        wait_applied(&env.table, 2 * total + 1, &mut events).await;
+        let dead = dead_letters(&env.brokers);
+        assert_eq!(dead.len(), 1, "one dead letter");
+        assert_eq!(dead[0].0, garbage, "the payload as it came");
+        assert!(
+            dead[0].1.contains_key("retain.error") && dead[0].1["retain.source.topic"] == TOPIC,
+            "{:?}",
+            dead[0].1
+        );
         assert_eq!(
             snapshot(&env.table).await,
             killed,
@@ -3596,11 +3664,13 @@ mod events {
 
         let (code, out) = events.terminate();
         assert_eq!(code, Some(0), "{out}");
-        assert!(out.contains("events: "), "stats on exit: {out}");
-        let (code, out) = pipeline.terminate();
-        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("1 dead-lettered"), "stats on exit: {out}");
+        for stage in [classifier, scheduler] {
+            let (code, out) = stage.terminate();
+            assert_eq!(code, Some(0), "{out}");
+        }
         // No PHI in what the stages print.
-        for name in ["events-1", "events-2", "all"] {
+        for name in ["events-1", "events-2", "classifier", "scheduler"] {
             let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
             assert!(!log.contains(&mrn), "{name} printed a patient reference");
         }

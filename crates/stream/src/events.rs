@@ -9,6 +9,9 @@
 //!    rows, or the `txn`s alone when nothing changes);
 //! 3. audited (`retention_event_applied`, one entry per event).
 //!
+//! An undecodable event goes to `<topic>.dlq` (with the error and its source in headers)
+//! before its offset can be committed.
+//!
 //! On start each partition is read from the `records` table's `retain-events-{p}`: what was
 //! applied is never read again, what was stored but not applied (a crash between 1 and 2) is
 //! read again, stored once (by id) and applied. Applying an event a row already records (by
@@ -21,6 +24,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use retain_codec::{SchemaRegistry, decode_retention_event};
 use retain_events::events_table::{EventsApplied, MatchRow, StoredEvent, apply_events};
@@ -32,10 +36,12 @@ use retain_policy::Policy;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, dead_letter_topic};
 use crate::error::{Error, Result};
 use crate::facts::{FactsSource, Known};
-use crate::kafka::{CONTROL_TIMEOUT, consumer_config};
+use crate::kafka::{
+    CONTROL_TIMEOUT, consumer_config, dead_letter_headers, partition_count, producer_config,
+};
 
 /// The retention-events topic.
 pub const TOPIC_RETENTION_EVENTS: &str = "retain.retention-events";
@@ -53,6 +59,8 @@ pub struct EventsConfig {
     pub records_location: String,
     /// The `events` table.
     pub events_location: String,
+    /// Where undecodable events go (`None`: `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
     /// The audit table (`None`: no trail).
     pub audit_location: Option<String>,
     /// Object-store options for the tables.
@@ -74,6 +82,7 @@ impl EventsConfig {
             topic: TOPIC_RETENTION_EVENTS.to_owned(),
             records_location: records.to_owned(),
             events_location: events.to_owned(),
+            dead_letter_topic: None,
             audit_location: None,
             storage_options: Default::default(),
             max_events: 1_000,
@@ -90,7 +99,7 @@ pub struct EventsStats {
     pub consumed: u64,
     /// Events newly stored in the `events` table.
     pub stored: u64,
-    /// Events that could not be decoded (skipped, logged with partition and offset).
+    /// Events that could not be decoded (sent to the dead-letter topic).
     pub undecodable: u64,
     /// `records` rows rewritten.
     pub rows_changed: u64,
@@ -148,6 +157,14 @@ impl EventsStage {
                 topic: c.topic.clone(),
             });
         }
+        let dlq = c
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| dead_letter_topic(&c.topic));
+        partition_count(&consumer, &dlq)?;
+        let producer: FutureProducer = producer_config(&c.kafka)
+            .create()
+            .map_err(|e| kafka("create producer", e))?;
         let landed = records
             .committed_offsets(APP_EVENTS, partitions.iter().copied())
             .await?;
@@ -205,21 +222,39 @@ impl EventsStage {
                         stats.consumed += 1;
                         next.insert(msg.partition(), msg.offset() + 1);
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + c.max_latency);
-                        match msg.payload().map(|p| decode_retention_event(p, &registry)) {
-                            Some(Ok(message)) => batch.push(StoredEvent {
-                                message,
-                                stored_at: Utc::now(),
-                                partition: msg.partition(),
-                                offset: msg.offset(),
-                            }),
-                            Some(Err(e)) => {
-                                stats.undecodable += 1;
-                                warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "skipping an undecodable retention event");
+                        let error = match msg.payload().map(|p| decode_retention_event(p, &registry)) {
+                            Some(Ok(message)) => {
+                                batch.push(StoredEvent {
+                                    message,
+                                    stored_at: Utc::now(),
+                                    partition: msg.partition(),
+                                    offset: msg.offset(),
+                                });
+                                None
                             }
-                            None => {
-                                stats.undecodable += 1;
-                                warn!(partition = msg.partition(), offset = msg.offset(), "skipping a retention event without payload");
+                            Some(Err(e)) => Some(e.to_string()),
+                            None => Some("no payload".to_owned()),
+                        };
+                        if let Some(error) = error {
+                            // Delivered before the offset can be committed: nothing is lost.
+                            warn!(partition = msg.partition(), offset = msg.offset(), error = %error, topic = %dlq, "dead-lettering an undecodable retention event");
+                            let headers = dead_letter_headers(&error, msg.topic(), msg.partition(), msg.offset());
+                            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq)
+                                .payload(msg.payload().unwrap_or_default())
+                                .headers(headers);
+                            if let Some(key) = msg.key() {
+                                record = record.key(key);
                             }
+                            producer
+                                .send(record, Duration::from_secs(60))
+                                .await
+                                .map_err(|(source, _)| Error::Delivery {
+                                    topic: dlq.clone(),
+                                    partition: msg.partition(),
+                                    offset: msg.offset(),
+                                    source,
+                                })?;
+                            stats.undecodable += 1;
                         }
                     }
                     Err(e) => {
