@@ -428,6 +428,65 @@ pub fn matches(keys: &EventKeys, row: &MatchRow) -> bool {
         && k.message_id.as_ref().is_none_or(|m| *m == row.message_id)
 }
 
+/// A filter on `records` that every row an event of `events` matches passes: the rows whose
+/// message id, thread, patient references or custodian/mailbox (lower-cased) are among those the
+/// events carry (each event contributes the most selective key it carries; every key must
+/// match, so a matching row has that one). A superset: [`matches`] decides. `None` when some
+/// event carries only document or BA ids (they match labels case-insensitively: every row is
+/// read). An event naming only a tenant matches nothing and adds nothing.
+pub fn key_filter(events: &[StoredEvent]) -> Option<datafusion::logical_expr::Expr> {
+    use datafusion::functions::expr_fn::lower;
+    use datafusion::functions_nested::expr_fn::{array_has_any, make_array};
+    let (mut messages, mut threads, mut patients, mut custodians) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
+    for e in events {
+        let k = &e.message.keys;
+        if let Some(m) = &k.message_id {
+            messages.insert(m.clone());
+        } else if let Some(t) = &k.thread_id {
+            threads.insert(t.clone());
+        } else if let Some(p) = &k.patient_mrn {
+            patients.insert(p.clone());
+        } else if let Some(c) = &k.custodian {
+            custodians.insert(c.to_lowercase());
+        } else if k.document_id.is_some() || k.ba_id.is_some() {
+            return None;
+        }
+    }
+    let list = |set: BTreeSet<String>| set.into_iter().map(lit).collect::<Vec<_>>();
+    let mut parts = Vec::new();
+    if !messages.is_empty() {
+        parts.push(col(columns::MESSAGE_ID).in_list(list(messages), false));
+    }
+    if !threads.is_empty() {
+        parts.push(col(columns::THREAD_ID).in_list(list(threads), false));
+    }
+    if !patients.is_empty() {
+        parts.push(array_has_any(
+            col(columns::PATIENT_REFS),
+            make_array(list(patients)),
+        ));
+    }
+    if !custodians.is_empty() {
+        let custodians = list(custodians);
+        parts.push(
+            lower(col(columns::CUSTODIAN))
+                .in_list(custodians.clone(), false)
+                .or(lower(col(columns::MAILBOX)).in_list(custodians, false)),
+        );
+    }
+    Some(
+        parts
+            .into_iter()
+            .reduce(datafusion::logical_expr::Expr::or)
+            .unwrap_or(lit(false)),
+    )
+}
+
 /// A date helper for tests and callers: the event's date.
 pub fn event_date(e: &StoredEvent) -> NaiveDate {
     e.message.date
@@ -464,12 +523,16 @@ pub async fn apply_events(
     records.refresh().await?;
     let mut wanted: Vec<&str> = crate::rows::RECOMPUTE_COLUMNS.to_vec();
     wanted.extend(crate::rows::MATCH_COLUMNS);
-    let filter = landed_since.map(|t| {
+    let landed = landed_since.map(|t| {
         col(columns::LANDED_AT).gt_eq(lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(
             Some(t.timestamp_micros()),
             Some("UTC".into()),
         )))
     });
+    let filter = match (landed, key_filter(events)) {
+        (Some(a), Some(b)) => Some(a.and(b)),
+        (a, b) => a.or(b),
+    };
     let mut updates = Vec::new();
     if !events.is_empty() {
         let applied: Vec<crate::schedule::AppliedEvent> = events

@@ -102,7 +102,11 @@ pub async fn scan_records(
 ) -> Result<Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>> {
     let doing = "scanning the records table";
     let provider = table.table_provider().await.map_err(|e| query(doing, e))?;
-    let ctx = SessionContext::new();
+    // With a filter, decode its columns first and the others only for the rows it keeps (the
+    // events stage's key filter keeps a few rows of millions).
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().execution.parquet.pushdown_filters = filter.is_some();
+    let ctx = SessionContext::new_with_config(config);
     let mut df = ctx.read_table(provider).map_err(|e| query(doing, e))?;
     if let Some(f) = filter {
         df = df.filter(f).map_err(|e| query(doing, e))?;

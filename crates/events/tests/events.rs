@@ -292,3 +292,103 @@ async fn the_lock_refuses_earlier_dates_and_cannot_be_lifted() -> Result<()> {
     assert_eq!(lock_state(reopened).await?, Some(1));
     Ok(())
 }
+
+/// The scan filter built from a batch of events keeps every row an event of the batch matches
+/// (it may keep more: `matches` decides), for events keyed by every kind of key, with
+/// custodians in another case, several keys at once and keys matching nothing.
+#[tokio::test]
+async fn the_key_filter_keeps_every_row_an_event_matches() -> Result<()> {
+    use retain_codec::{EventKeys, EventType, RetentionEventMessage};
+    use retain_events::StoredEvent;
+    use retain_events::events_table::{key_filter, match_rows};
+    let dir = tempfile::tempdir()?;
+    let policy = Policy::builtin()?;
+    let table = land(dir.path().to_str().unwrap(), &policy, N).await?;
+    let mut wanted: Vec<&str> = RECOMPUTE_COLUMNS.to_vec();
+    wanted.extend(retain_events::rows::MATCH_COLUMNS);
+    let scan = |filter| {
+        let t = table.delta_table();
+        let wanted = wanted.clone();
+        async move {
+            let mut keys = Vec::new();
+            let mut s = scan_records(t, &wanted, filter).await?;
+            while let Some(b) = s.next().await {
+                let b = b?;
+                let views = row_views(&b)?;
+                for (v, m) in views.into_iter().zip(match_rows(&b)?) {
+                    keys.push((v.record_key, m));
+                }
+            }
+            anyhow::Ok(keys)
+        }
+    };
+    let all = scan(None).await?;
+    // Events drawn from the rows' own keys: every 97th row gives one.
+    let mut events = Vec::new();
+    for (i, (_, m)) in all.iter().enumerate().step_by(97) {
+        let mut keys = EventKeys {
+            tenant: Some(m.tenant.clone()),
+            ..EventKeys::default()
+        };
+        match i % 5 {
+            0 => keys.message_id = Some(m.message_id.clone()),
+            1 => match &m.thread_id {
+                Some(t) => keys.thread_id = Some(t.clone()),
+                None => keys.message_id = Some(m.message_id.clone()),
+            },
+            2 => match m.patient_refs.first() {
+                Some(p) => keys.patient_mrn = Some(p.clone()),
+                None => keys.custodian = Some(m.mailbox.to_uppercase()),
+            },
+            3 => keys.custodian = Some(m.custodian.to_uppercase()),
+            _ => {
+                // Two keys: an MRN that is not the row's own narrows it to nothing.
+                keys.custodian = Some(m.mailbox.clone());
+                keys.patient_mrn = Some("MRN-NOBODY".into());
+            }
+        }
+        events.push(StoredEvent {
+            message: RetentionEventMessage {
+                event_id: format!("ev-{i}"),
+                kind: EventType::Clock(retain_model::EventKind::Encounter),
+                date: today(),
+                action: None,
+                keys,
+                recorded_at: Utc::now(),
+                source: "test".into(),
+            },
+            stored_at: Utc::now(),
+            partition: -1,
+            offset: -1,
+        });
+    }
+    let matched = |rows: &[(String, retain_events::events_table::MatchRow)]| {
+        rows.iter()
+            .filter(|(_, m)| {
+                events
+                    .iter()
+                    .any(|e| retain_events::matches(&e.message.keys, m))
+            })
+            .map(|(k, _)| k.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let expected = matched(&all);
+    assert!(expected.len() > events.len() / 2, "{} rows", expected.len());
+    let filter = key_filter(&events).expect("no document or BA ids");
+    let kept = scan(Some(filter)).await?;
+    assert_eq!(matched(&kept), expected);
+    assert!(
+        kept.len() < all.len() / 2,
+        "kept {} of {}",
+        kept.len(),
+        all.len()
+    );
+    // A document id can only be matched by reading every row.
+    let mut doc = events[0].clone();
+    doc.message.keys = EventKeys {
+        document_id: Some("POL-1".into()),
+        ..EventKeys::default()
+    };
+    assert!(key_filter(&[doc]).is_none());
+    Ok(())
+}
