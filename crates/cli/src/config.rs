@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub events: EventsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub serve: ServeSection,
 }
 
 /// `[kafka]`.
@@ -103,6 +105,20 @@ pub struct EventsSection {
     pub max_events: Option<usize>,
     pub max_latency: Option<HumanDuration>,
     pub recheck_window: Option<HumanDuration>,
+}
+
+/// `[serve]`: `retain serve` (its flags and variables override these).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeSection {
+    /// The address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// The users file, relative to the working directory.
+    pub users: Option<PathBuf>,
+    /// A PEM certificate chain: TLS is served when it is set (with `tls-key`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls-cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[metrics]`.

@@ -33,13 +33,16 @@ pub struct ServeArgs {
     /// A configuration file for `[lake.storage]` options (RETAIN__LAKE__STORAGE__* also work).
     #[arg(long, value_name = "FILE", env = "RETAIN_CONFIG")]
     config: Option<PathBuf>,
-    /// The address to listen on (port 0: any free port, printed at start).
-    #[arg(long, value_name = "ADDR", env = "RETAIN_SERVE_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// The users file (names, roles, Argon2id password hashes).
-    #[arg(long, value_name = "FILE", env = "RETAIN_SERVE_USERS", default_value = DEFAULT_USERS)]
-    users: PathBuf,
-    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    /// The address to listen on (port 0: any free port, printed at start). Overrides `[serve]
+    /// listen`; default 127.0.0.1:5433.
+    #[arg(long, value_name = "ADDR", env = "RETAIN_SERVE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The users file (names, roles, Argon2id password hashes). Overrides `[serve] users`;
+    /// default retain-users.toml.
+    #[arg(long, value_name = "FILE", env = "RETAIN_SERVE_USERS")]
+    users: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key). Overrides `[serve]
+    /// tls-cert`.
     #[arg(
         long,
         value_name = "FILE",
@@ -47,7 +50,7 @@ pub struct ServeArgs {
         requires = "tls_key"
     )]
     tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
+    /// The PEM private key of --tls-cert. Overrides `[serve] tls-key`.
     #[arg(
         long,
         value_name = "FILE",
@@ -185,21 +188,43 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     let storage_options = crate::hold_cmd::storage(&lake)?;
     // Refuses (exit 2) a lake root without records, so a mistyped --lake serves nothing.
     crate::hold_cmd::records(&lake, &storage_options).await?;
+    let (file, origin) = crate::config::load(a.config.as_deref(), std::env::vars())?;
+    let f = file.serve;
+    let listen = match a.listen.or(f.listen) {
+        Some(l) => l,
+        None => DEFAULT_LISTEN
+            .parse()
+            .context("the default listen address")?,
+    };
+    let users_file = a
+        .users
+        .or(f.users)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_USERS));
     let users = if a.dev_trust {
-        Users::load_or_empty(&a.users)
+        Users::load_or_empty(&users_file)
     } else {
-        Users::load(&a.users)
+        Users::load(&users_file)
     }
     .map_err(serve_error)?;
+    // The flags come as a pair (clap checks); the file's keys must too.
     let tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        _ => None,
+        _ => match (f.tls_cert, f.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(BadInput(format!(
+                    "{origin}: [serve] tls-cert and tls-key go together: set both or neither"
+                ))
+                .into());
+            }
+        },
     };
     let server = Server::bind(ServeOptions {
         lake_root: a.lake.clone(),
         storage_options,
         catalog: Default::default(),
-        listen: a.listen,
+        listen,
         users,
         dev_trust: a.dev_trust,
         tls,

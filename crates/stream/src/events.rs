@@ -505,11 +505,26 @@ impl EventsFacts {
         every: Duration,
         shutdown: CancellationToken,
     ) {
+        // The table is append-only: re-read it only when a commit moved its version.
+        let mut read: Option<u64> = None;
         loop {
-            match table.all().await {
-                Ok(all) => self.set(all),
+            let fresh = match table.refresh().await {
+                Ok(()) => Some(table.version()) != read,
                 Err(e) => {
-                    warn!(error = %e, "cannot refresh retention events; keeping the last read")
+                    warn!(error = %e, "cannot refresh retention events; keeping the last read");
+                    false
+                }
+            };
+            if fresh {
+                let version = table.version();
+                match table.all().await {
+                    Ok(all) => {
+                        self.set(all);
+                        read = Some(version);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot read retention events; keeping the last read")
+                    }
                 }
             }
             tokio::select! {
