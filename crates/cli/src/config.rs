@@ -62,6 +62,8 @@ pub struct LakeSection {
     pub audit: Option<String>,
     /// The `events` table; default: `location` with its last segment `records` made `events`.
     pub events: Option<String>,
+    /// The `dead_letters` table; default: the sibling `dead_letters` of `location`.
+    pub dead_letters: Option<String>,
     /// Object-store options (may hold keys; never printed).
     #[serde(default)]
     pub storage: toml::Table,

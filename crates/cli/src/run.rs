@@ -15,9 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use retain_stream::{
-    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, EventsConfig, EventsFacts,
-    EventsStage, EventsStats, KafkaConfig, MetricsRegistry, NoFacts, Scheduler, SchedulerConfig,
-    SchedulerStats, TOPIC_CLASSIFIED, TOPIC_MAIL, TOPIC_RETENTION_EVENTS, serve_metrics,
+    CancellationToken, Classifier, ClassifierConfig, ClassifierStats, DeadLetterSink,
+    DeadLettersConfig, DeadLettersStats, EventsConfig, EventsFacts, EventsStage, EventsStats,
+    KafkaConfig, MetricsRegistry, NoFacts, Scheduler, SchedulerConfig, SchedulerStats,
+    TOPIC_CLASSIFIED, TOPIC_MAIL, TOPIC_RETENTION_EVENTS, dead_letter_topic, serve_metrics,
 };
 use tokio::task::JoinSet;
 
@@ -36,8 +37,10 @@ pub enum Stage {
     /// `retain.retention-events` → the `events` table → re-dated `records` (one process owns
     /// the whole topic; docs/events.md).
     Events,
-    /// The classifier, the scheduler and the events stage, in one process (`--no-events` for
-    /// a second replica: one events stage per topic is enough).
+    /// The dead-letter topics → the `dead_letters` table (one process per lake).
+    DeadLetters,
+    /// Every stage in one process: classifier, scheduler, events stage and dead-letter sink
+    /// (`--replica`: the classifier and the scheduler only, for further machines).
     All,
 }
 
@@ -47,13 +50,13 @@ const EVENTS_REFRESH: Duration = Duration::from_secs(10);
 /// Arguments of `retain run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The stage to run: classifier, scheduler, events or all (the three).
+    /// The stage to run: classifier, scheduler, events, dead-letters or all.
     #[arg(value_enum)]
     stage: Stage,
-    /// With `all`: leave out the events stage (for a second machine running `all`: one events
-    /// stage per topic does the work; more only race each other).
+    /// With `all`: the classifier and the scheduler only, for further machines (the events
+    /// stage and the dead-letter sink run once per lake; more only race each other).
     #[arg(long)]
-    no_events: bool,
+    replica: bool,
     /// A TOML configuration file (see deploy/retain.toml); flags and environment override it.
     #[arg(long, value_name = "FILE", env = "RETAIN_CONFIG")]
     config: Option<PathBuf>,
@@ -97,6 +100,7 @@ struct Resolved {
     /// The scheduler's `events` table join: where, and how often it is re-read.
     events_facts: Option<(String, Duration)>,
     events: Option<EventsConfig>,
+    dead_letters: Option<DeadLettersConfig>,
 }
 
 /// Runs `retain run`.
@@ -135,6 +139,9 @@ pub(crate) fn kafka_config(
 
 /// Reads the file (if any) and layers the flags over it.
 fn resolve(a: &RunArgs) -> Result<Resolved> {
+    if a.replica && a.stage != Stage::All {
+        return Err(bad("--replica goes with `retain run all` only"));
+    }
     let (file, origin) = config::load(a.config.as_deref(), std::env::vars())?;
     let kafka = kafka_config(a.brokers.as_deref(), &file, &origin)?.ok_or_else(|| {
         bad(format!(
@@ -186,7 +193,11 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
             .ok_or_else(|| {
                 bad(format!(
                     "the {} needs a table location: set --lake, RETAIN_LAKE or [lake] location in {origin}",
-                    if a.stage == Stage::Events { "events stage" } else { "scheduler" }
+                    match a.stage {
+                        Stage::Events => "events stage",
+                        Stage::DeadLetters => "dead-letter sink",
+                        _ => "scheduler",
+                    }
                 ))
             })?;
         let sibling = |set: &Option<String>, name: &str, var: &str| -> Result<String> {
@@ -201,10 +212,15 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         };
         let audit = sibling(&file.lake.audit, "audit", "RETAIN__LAKE__AUDIT")?;
         let events = sibling(&file.lake.events, "events", "RETAIN__LAKE__EVENTS")?;
+        let dead = sibling(
+            &file.lake.dead_letters,
+            "dead_letters",
+            "RETAIN__LAKE__DEAD_LETTERS",
+        )?;
         let storage = flatten(&file.lake.storage, &origin, "lake.storage")?
             .into_iter()
             .collect::<HashMap<_, _>>();
-        Some((location, audit, events, storage))
+        Some((location, audit, events, dead, storage))
     };
     let events_topic = a
         .events_topic
@@ -214,7 +230,7 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
 
     let mut events_facts = None;
     let scheduler = if matches!(a.stage, Stage::Scheduler | Stage::All) {
-        let (location, audit, events, storage) = tables.clone().expect("resolved above");
+        let (location, audit, events, _, storage) = tables.clone().expect("resolved above");
         let mut s = SchedulerConfig::new(kafka.clone(), location).with_topics(&classified, &input);
         s.audit_location = Some(audit);
         s.storage_options = storage;
@@ -259,16 +275,26 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         None
     };
 
-    if a.no_events && a.stage != Stage::All {
-        return Err(bad("--no-events goes with `retain run all` only"));
-    }
-    let events = if a.stage == Stage::Events || (a.stage == Stage::All && !a.no_events) {
+    let once = a.stage == Stage::All && !a.replica;
+    let dead_letters = if a.stage == Stage::DeadLetters || once {
+        let (_, _, _, dead, storage) = tables.clone().expect("resolved above");
+        let mut d = DeadLettersConfig::new(kafka.clone(), &dead);
+        d.topics = [&input, &classified, &events_topic]
+            .iter()
+            .map(|t| dead_letter_topic(t))
+            .collect();
+        d.storage_options = storage;
+        Some(d)
+    } else {
+        None
+    };
+    let events = if a.stage == Stage::Events || once {
         if a.stage == Stage::Events && a.group.is_some() {
             return Err(bad(
                 "--group (RETAIN_GROUP) does not apply to the events stage: it owns every partition of its topic and keeps its position in the records table",
             ));
         }
-        let (location, audit, events, storage) = tables.expect("resolved above");
+        let (location, audit, events, _, storage) = tables.expect("resolved above");
         let f = &file.events;
         for (key, zero) in [
             ("max-events", f.max_events == Some(0)),
@@ -306,6 +332,7 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         scheduler,
         events_facts,
         events,
+        dead_letters,
     })
 }
 
@@ -366,6 +393,7 @@ enum Outcome {
     Classifier(retain_stream::Result<ClassifierStats>),
     Scheduler(retain_stream::Result<SchedulerStats>),
     Events(retain_stream::Result<EventsStats>),
+    DeadLetters(retain_stream::Result<DeadLettersStats>),
 }
 
 async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCode> {
@@ -420,6 +448,15 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
         );
         let run = EventsStage::new(e, Arc::clone(&policy)).run(stop.clone());
         stages.spawn(async move { Outcome::Events(run.await) });
+    }
+    if let Some(d) = r.dead_letters {
+        eprintln!(
+            "dead letters: {} -> dead_letters table on {}",
+            d.topics.join(", "),
+            d.kafka.bootstrap_servers
+        );
+        let run = DeadLetterSink::new(d).run(stop.clone());
+        stages.spawn(async move { Outcome::DeadLetters(run.await) });
     }
     if let Some(addr) = r.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -482,6 +519,15 @@ async fn serve(r: Resolved, policy: Arc<retain_policy::Policy>) -> Result<ExitCo
                 s.rows_changed,
                 s.batches
             ),
+            Outcome::DeadLetters(Ok(s)) => outln!(
+                "dead letters: {} read, {} stored in {} commits",
+                s.consumed,
+                s.stored,
+                s.batches
+            ),
+            Outcome::DeadLetters(Err(e)) => {
+                failure.get_or_insert(anyhow::Error::new(e).context("the dead-letter sink failed"));
+            }
             Outcome::Events(Err(e)) => {
                 failure.get_or_insert(anyhow::Error::new(e).context("the events stage failed"));
             }
@@ -595,18 +641,29 @@ mod tests {
         );
         let e = r.events.expect("`all` starts the events stage");
         assert_eq!(e.events_location, "l/events");
+        let d = r.dead_letters.expect("`all` starts the dead-letter sink");
+        assert_eq!(d.location, "l/dead_letters");
+        assert_eq!(
+            d.topics,
+            [
+                "retain.mail.dlq",
+                "retain.classified.dlq",
+                "retain.retention-events.dlq"
+            ]
+        );
         let r = resolve(&args(&[
             "all",
-            "--no-events",
+            "--replica",
             "--brokers",
             "b:9092",
             "--lake",
             "l/records",
         ]))
         .unwrap();
-        assert!(r.events.is_none() && r.scheduler.is_some() && r.classifier.is_some());
-        let e = resolve(&args(&["scheduler", "--no-events", "--brokers", "b"])).unwrap_err();
-        assert!(e.to_string().contains("--no-events"), "{e}");
+        assert!(r.events.is_none() && r.dead_letters.is_none());
+        assert!(r.scheduler.is_some() && r.classifier.is_some());
+        let e = resolve(&args(&["scheduler", "--replica", "--brokers", "b"])).unwrap_err();
+        assert!(e.to_string().contains("--replica"), "{e}");
 
         let e = resolve(&args(&["events", "--brokers", "b", "--lake", "l/x"])).unwrap_err();
         assert!(e.to_string().contains("does not end in `records`"), "{e}");

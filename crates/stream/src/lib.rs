@@ -18,6 +18,7 @@ mod audit;
 mod classifier;
 mod commands;
 mod config;
+mod dead_letters;
 mod error;
 mod events;
 mod facts;
@@ -31,6 +32,10 @@ pub use commands::{CommandPublisher, TOPIC_DISPOSAL_COMMANDS, command_for};
 pub use config::{
     APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, FlushReason, GROUP_CLASSIFIER,
     GROUP_SCHEDULER, KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
+};
+pub use dead_letters::{
+    APP_DEAD_LETTERS, DEAD_LETTERS_TABLE, DeadLetterSink, DeadLettersConfig, DeadLettersStats,
+    dead_letters_schema,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use events::{
