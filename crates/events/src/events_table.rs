@@ -37,7 +37,8 @@ pub struct StoredEvent {
     pub offset: i64,
 }
 
-fn schema() -> SchemaRef {
+/// The table's columns.
+pub fn events_schema() -> SchemaRef {
     let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
     let ts = |n: &str| {
         Field::new(
@@ -112,7 +113,7 @@ fn to_batch(events: &[StoredEvent]) -> Result<RecordBatch> {
                 .collect::<Int64Array>(),
         ),
     ];
-    RecordBatch::try_new(schema(), columns).map_err(|e| query("building an events batch", e))
+    RecordBatch::try_new(events_schema(), columns).map_err(|e| query("building an events batch", e))
 }
 
 fn from_batch(batch: &RecordBatch) -> Result<Vec<StoredEvent>> {
@@ -212,7 +213,7 @@ impl EventsTable {
         location: &str,
         storage_options: HashMap<String, String>,
     ) -> Result<Self> {
-        let delta: StructType = schema()
+        let delta: StructType = events_schema()
             .as_ref()
             .try_into_kernel()
             .expect("the events schema converts to a Delta schema");
@@ -286,7 +287,11 @@ impl EventsTable {
         if let Some(f) = filter {
             df = df.filter(f).map_err(|e| query(doing, e))?;
         }
-        let names: Vec<String> = schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = events_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let batches = df
             .select_columns(&names)
@@ -296,7 +301,7 @@ impl EventsTable {
             .map_err(|e| query(doing, e))?;
         let mut out = Vec::new();
         for b in batches {
-            out.extend(from_batch(&crate::rows::conform_to(&b, &schema())?)?);
+            out.extend(from_batch(&crate::rows::conform_to(&b, &events_schema())?)?);
         }
         out.sort_by(|a, b| {
             (a.stored_at, a.partition, a.offset).cmp(&(b.stored_at, b.partition, b.offset))

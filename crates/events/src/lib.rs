@@ -24,6 +24,6 @@ pub use change::{
     Applied, DiffReport, LOCK_APP_ID, Movement, PolicyChange, lock, lock_state, policy_txn_app_id,
 };
 pub use error::{Error, Result};
-pub use events_table::{EVENTS_TABLE, EventsTable, StoredEvent, matches};
+pub use events_table::{EVENTS_TABLE, EventsTable, StoredEvent, events_schema, matches};
 pub use recompute::{Recomputed, recompute, scan_records};
 pub use schedule::{AppliedEvent, Scheduled, StoredEntry, schedule};

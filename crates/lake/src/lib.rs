@@ -14,6 +14,7 @@
 
 pub mod audit;
 mod batch;
+mod dead_letters;
 mod error;
 pub mod schema;
 mod table;
@@ -23,6 +24,7 @@ pub use audit::{
     BrokenLink, ChainHead, GENESIS_HASH, LinkProblem, VerifyReport, audit_batch, audit_schema,
 };
 pub use batch::{RecordBatchBuilder, RecordRow, record_key};
+pub use dead_letters::{DEAD_LETTERS_TABLE, dead_letters_schema};
 pub use error::{Error, Result, is_commit_race};
 pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};
 pub use table::{

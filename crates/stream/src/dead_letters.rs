@@ -24,10 +24,11 @@ use retain_lake::deltalake::DeltaTable;
 use retain_lake::deltalake::arrow::array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use retain_lake::deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use retain_lake::deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use retain_lake::deltalake::kernel::{StructType, Transaction};
-use retain_lake::{append_batch, open_or_create_table, txn_app_id};
+use retain_lake::{
+    DEAD_LETTERS_TABLE, append_batch, dead_letters_schema, open_or_create_table, txn_app_id,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,8 +40,6 @@ use crate::kafka::{
     HEADER_SOURCE_TOPIC, consumer_config,
 };
 
-/// The table's name.
-pub const DEAD_LETTERS_TABLE: &str = "dead_letters";
 /// The `txn` app id prefix (`retain-dead-letters-<topic>-<p>`).
 pub const APP_DEAD_LETTERS: &str = "retain-dead-letters";
 
@@ -88,31 +87,6 @@ pub struct DeadLettersStats {
     pub stored: u64,
     /// Commits.
     pub batches: u64,
-}
-
-/// The table's columns.
-pub fn dead_letters_schema() -> SchemaRef {
-    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
-    let ts = |n: &str, null: bool| {
-        Field::new(
-            n,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            null,
-        )
-    };
-    Arc::new(Schema::new(vec![
-        s("dlq_topic", false),
-        Field::new("dlq_partition", DataType::Int32, false),
-        Field::new("dlq_offset", DataType::Int64, false),
-        s("source_topic", true),
-        Field::new("source_partition", DataType::Int32, true),
-        Field::new("source_offset", DataType::Int64, true),
-        s("error", true),
-        s("message_key", true),
-        Field::new("payload_bytes", DataType::Int64, false),
-        ts("dead_lettered_at", true),
-        ts("stored_at", false),
-    ]))
 }
 
 /// One dead letter, as stored.

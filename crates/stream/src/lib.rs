@@ -33,10 +33,7 @@ pub use config::{
     APP_LINEAGE, APP_SCHEDULER, ClassifierConfig, FlushPolicy, FlushReason, GROUP_CLASSIFIER,
     GROUP_SCHEDULER, KafkaConfig, SchedulerConfig, TOPIC_CLASSIFIED, TOPIC_MAIL, dead_letter_topic,
 };
-pub use dead_letters::{
-    APP_DEAD_LETTERS, DEAD_LETTERS_TABLE, DeadLetterSink, DeadLettersConfig, DeadLettersStats,
-    dead_letters_schema,
-};
+pub use dead_letters::{APP_DEAD_LETTERS, DeadLetterSink, DeadLettersConfig, DeadLettersStats};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{
     APP_EVENTS, EventsConfig, EventsFacts, EventsStage, EventsStats, TOPIC_RETENTION_EVENTS,
