@@ -1,6 +1,8 @@
 //! Query benchmark: the disposal-candidates query and a hold preview over a generated `records`
-//! table (10M rows by default), timed with DataFusion — as Retain runs them — and with DuckDB
-//! (Python, from PyPI) on the same Parquet files, in the same run. Figures go to
+//! table (10M rows by default), timed with DataFusion through Retain's SQL catalog (what
+//! `retain sql`, `retain serve` and `retain dispose plan` run: its Parquet scan of the Delta
+//! snapshot, and for comparison the same catalog reading through deltalake's table provider) and
+//! with DuckDB (Python, from PyPI) on the same Parquet files, in the same run. Figures go to
 //! docs/PERFORMANCE.md.
 //!
 //! ```sh
@@ -16,7 +18,8 @@
 //! Both queries run on two layouts of the same rows: as the stream landed them, and clustered
 //! by `retain_until` with `RecordsTable::optimize` (a copy). For each query the DataFusion run
 //! reports how many of the table's files the scan read (after Delta's file statistics pruned
-//! the rest) and the bytes it read, from the plan's own metrics.
+//! the rest) and the bytes it read, from the plan's own metrics. Each engine keeps one session
+//! for all runs of a layout, as `retain serve` does (footers read by the first run are cached).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +37,10 @@ use retain_lake::deltalake::arrow::datatypes::Int64Type;
 use retain_lake::deltalake::datafusion::datasource::physical_plan::FileScanConfig;
 use retain_lake::deltalake::datafusion::datasource::source::DataSourceExec;
 use retain_lake::deltalake::datafusion::physical_plan::{ExecutionPlan, collect};
-use retain_lake::deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use retain_lake::deltalake::datafusion::prelude::SessionContext;
 use retain_lake::{RecordBatchBuilder, RecordRow, RecordsTable};
 use retain_policy::{Policy, Record};
+use retain_query::{Catalog, CatalogOptions, TableScan};
 use serde::Serialize;
 
 /// The file size the clustered copy is written with: small enough that a date range maps to
@@ -67,10 +71,20 @@ struct Args {
     /// The Python with duckdb.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Let DataFusion filter rows while decoding Parquet (`pushdown_filters`, `reorder_filters`):
-    /// what the catalog sets.
+    /// Let DataFusion filter rows while decoding Parquet (`pushdown_filters`, `reorder_filters`;
+    /// the catalog leaves them off).
     #[arg(long)]
     pushdown: bool,
+    /// Time only the `--extra` queries (e.g. under a profiler).
+    #[arg(long)]
+    only_extra: bool,
+    /// Do not time the catalog reading through deltalake's table provider.
+    #[arg(long)]
+    no_delta: bool,
+    /// Time only the catalog reading through deltalake's table provider (e.g. under a
+    /// profiler).
+    #[arg(long, conflicts_with = "no_delta")]
+    delta_only: bool,
     /// A further query to time on both engines (repeatable; it must return a `records` column
     /// of counts), e.g. to find which part of a query costs what.
     #[arg(long, value_name = "SQL")]
@@ -218,35 +232,80 @@ async fn run(args: Args) -> Result<()> {
         if args.stream_only && layout == "clustered" {
             continue;
         }
-        let mut queries = vec![
-            ("disposal_candidates", disposal_sql(args.as_of)),
-            ("hold_preview", preview_sql()),
-        ];
+        let mut queries = Vec::new();
+        if !args.only_extra {
+            queries.push(("disposal_candidates", disposal_sql(args.as_of)));
+            queries.push(("hold_preview", preview_sql()));
+        }
         queries.extend(args.extra.iter().map(|sql| ("extra", sql.clone())));
+        // The catalog as `retain sql` opens it, over a lake root whose `records` is this table.
+        let root = args
+            .lake
+            .join(format!("catalog-{}", layout.replace(' ', "-")));
+        std::fs::create_dir_all(&root)?;
+        let link = root.join("records");
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(std::fs::canonicalize(at)?, &link)?;
+        let root = root
+            .to_str()
+            .context("the lake path is not UTF-8")?
+            .to_owned();
+        let mut engines = Vec::new();
+        if !args.delta_only {
+            engines.push(("datafusion", TableScan::Parquet));
+        }
+        if !args.no_delta {
+            engines.push(("datafusion-deltalake", TableScan::Delta));
+        }
+        let mut catalogs = Vec::new();
+        for (engine, scan) in engines {
+            let catalog = Catalog::open(
+                &root,
+                HashMap::new(),
+                CatalogOptions {
+                    scan,
+                    ..CatalogOptions::default()
+                },
+            )
+            .await?;
+            ensure!(catalog.table("records").map(|t| t.scan) == Some(scan));
+            if args.pushdown {
+                let state = catalog.session().state_ref();
+                let mut state = state.write();
+                let parquet = &mut state.config_mut().options_mut().execution.parquet;
+                parquet.pushdown_filters = true;
+                parquet.reorder_filters = true;
+            }
+            catalogs.push((engine, catalog));
+        }
         let mut timings = Vec::new();
         for (name, sql) in queries {
-            timings.push(
-                datafusion_timing(&table, name, &sql, args.runs, files.len(), args.pushdown)
-                    .await?,
-            );
-            timings.push(duckdb_timing(&args.python, &files, name, &sql, args.runs)?);
-            let (df, duck) = (&timings[timings.len() - 2], &timings[timings.len() - 1]);
-            ensure!(
-                df.result_rows == duck.result_rows,
-                "{name}: DataFusion counted {} rows, DuckDB {}",
-                df.result_rows,
-                duck.result_rows
-            );
-            eprintln!(
-                "{layout}, {name}: DataFusion {:.3} s (median), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; DataFusion read {} of {} files, {:.0} MiB",
-                df.median_s,
-                duck.median_s,
-                df.median_s / duck.median_s,
-                df.result_rows,
-                df.files_read.unwrap_or(0),
-                files.len(),
-                df.bytes_read.unwrap_or(0) as f64 / (1 << 20) as f64
-            );
+            let duck = duckdb_timing(&args.python, &files, name, &sql, args.runs)?;
+            for (engine, catalog) in &catalogs {
+                let df =
+                    datafusion_timing(catalog, engine, name, &sql, args.runs, files.len()).await?;
+                ensure!(
+                    df.result_rows == duck.result_rows,
+                    "{name}: {engine} counted {} rows, DuckDB {}",
+                    df.result_rows,
+                    duck.result_rows
+                );
+                eprintln!(
+                    "{layout}, {name}: {engine} {:.3} s (median; first {:.3} s), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; read {} of {} files, {:.0} MiB",
+                    df.median_s,
+                    df.first_s,
+                    duck.median_s,
+                    df.median_s / duck.median_s,
+                    df.result_rows,
+                    df.files_read.unwrap_or(0),
+                    files.len(),
+                    df.bytes_read.unwrap_or(0) as f64 / (1 << 20) as f64
+                );
+                timings.push(df);
+            }
+            timings.push(duck);
         }
         layouts.push(Layout {
             layout,
@@ -349,25 +408,21 @@ async fn build(location: &str, records: usize, seed: u64) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Runs `sql` through DataFusion over the Delta table `runs + 1` times; the plan's metrics of
-/// the last run give the files and bytes read.
+/// Runs `sql` through the catalog's session `runs + 1` times; the plan's metrics of the last run
+/// give the files and bytes read.
 async fn datafusion_timing(
-    table: &RecordsTable,
+    catalog: &Catalog,
+    engine: &'static str,
     name: &'static str,
     sql: &str,
     runs: usize,
     files_in_table: usize,
-    pushdown: bool,
 ) -> Result<Timing> {
     let mut times = Vec::new();
     let mut rows = 0;
     let mut last_plan = None;
+    let ctx = catalog.session();
     for _ in 0..=runs {
-        let config = SessionConfig::new()
-            .set_bool("datafusion.execution.parquet.pushdown_filters", pushdown)
-            .set_bool("datafusion.execution.parquet.reorder_filters", pushdown);
-        let ctx = SessionContext::new_with_config(config);
-        ctx.register_table("records", table.delta_table().table_provider().await?)?;
         let t = Instant::now();
         let plan = ctx.sql(sql).await?.create_physical_plan().await?;
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
@@ -378,7 +433,7 @@ async fn datafusion_timing(
     let plan = last_plan.context("no run")?;
     let (files, bytes) = scanned(&plan);
     Ok(timing(
-        "datafusion",
+        engine,
         name,
         &times,
         rows,

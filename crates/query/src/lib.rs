@@ -16,14 +16,16 @@ mod error;
 mod functions;
 pub mod render;
 pub mod reports;
+mod scan;
 
 pub use catalog::{
     ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS, LakeTable,
-    Statement, TABLES, VIEWS, sha256_hex, sql_options, table_location,
+    Statement, TABLES, TableScan, VIEWS, sha256_hex, sql_options, table_location,
 };
 pub use error::{Error, Result};
 pub use functions::{DAYS_PER_YEAR, DISPOSAL_CANDIDATES, IS_HELD, YEARS_UNTIL_DISPOSAL};
 pub use reports::{Chart, Report, ReportOutput, Section, Series, run_report};
+pub use scan::READER_FEATURES;
 
 /// Re-exported so callers use the exact DataFusion (and Arrow) the catalog was built with.
 pub use datafusion;

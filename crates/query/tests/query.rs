@@ -19,7 +19,7 @@ use retain_lake::{RecordBatchBuilder, RecordsTable, records_schema};
 use retain_model::{
     Category, Classification, MailMessage, PhiIndicators, RetentionDecision, RetentionStatus,
 };
-use retain_query::{Catalog, CatalogOptions, Error, TABLES, VIEWS};
+use retain_query::{Catalog, CatalogOptions, Error, TABLES, TableScan, VIEWS};
 
 const TODAY: (i32, u32, u32) = (2026, 12, 4);
 
@@ -52,9 +52,14 @@ impl Rng {
 /// `n` records: four mailboxes, four categories, some without subject or date, a tenth
 /// indefinite, a tenth pending, the rest scheduled from 400 days ago to 2 years ahead.
 fn records_batch(n: usize) -> Result<RecordBatch> {
-    let mut rng = Rng(11);
+    records_batch_from(0, n)
+}
+
+/// `n` records like [`records_batch`]'s, with ids and offsets from `first`.
+fn records_batch_from(first: usize, n: usize) -> Result<RecordBatch> {
+    let mut rng = Rng(11 + first as u64);
     let mut b = RecordBatchBuilder::new();
-    for id in 0..n {
+    for id in first..first + n {
         let mailbox = rng.pick(&["alice", "bob", "carol", "dave"]);
         let mut m = MailMessage::new(format!("m{id}@example.org"), mailbox);
         m.subject = rng
@@ -661,6 +666,169 @@ async fn an_empty_lake_has_every_table_empty_and_the_memory_limit_holds() -> Res
         assert!(!e.is_bad_input(), "{e}");
         assert!(e.to_string().to_lowercase().contains("resources"), "{e}");
     }
+    Ok(())
+}
+
+/// The rows of a result as text lines, sorted (for comparing two catalogs' answers).
+async fn rows(catalog: &Catalog, sql: &str) -> Result<Vec<String>> {
+    let batches = catalog.query(sql).await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let columns = b
+            .columns()
+            .iter()
+            .map(|c| cast(c, &retain_lake::deltalake::arrow::datatypes::DataType::Utf8))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..b.num_rows() {
+            let row: Vec<&str> = columns
+                .iter()
+                .map(|c| {
+                    let c = c.as_string::<i32>();
+                    if c.is_null(i) { "NULL" } else { c.value(i) }
+                })
+                .collect();
+            out.push(row.join("|"));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn catalog_with(lake: &Lake, scan: TableScan) -> Result<Catalog> {
+    Ok(Catalog::open(
+        &lake.root(),
+        HashMap::new(),
+        CatalogOptions {
+            today: Some(today()),
+            scan,
+            ..CatalogOptions::default()
+        },
+    )
+    .await?)
+}
+
+#[tokio::test]
+async fn a_limit_holds_when_the_scan_needs_no_column() -> Result<()> {
+    let lake = lake().await?;
+    let all = count(&lake.catalog().await?, "SELECT count(*) FROM records").await?;
+    assert!(all > 3);
+    for scan in [TableScan::Parquet, TableScan::Delta] {
+        let catalog = catalog_with(&lake, scan).await?;
+        assert_eq!(catalog.table("records").unwrap().scan, scan);
+        for (sql, expected) in [
+            ("SELECT 1 FROM records LIMIT 3", 3),
+            ("SELECT 1 FROM records LIMIT 2 OFFSET 1", 2),
+            ("SELECT 1 FROM records LIMIT 1000000", all as usize),
+            ("SELECT 1 FROM records", all as usize),
+            ("SELECT record_key FROM records LIMIT 3", 3),
+            (
+                "SELECT 1 FROM records WHERE retain_until IS NOT NULL LIMIT 3",
+                3,
+            ),
+        ] {
+            let batches = catalog.query(sql).await?;
+            let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            assert_eq!(n, expected, "{scan:?}: {sql}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_parquet_scan_answers_as_deltalake_does() -> Result<()> {
+    let lake = lake().await?;
+    let parquet = catalog_with(&lake, TableScan::Parquet).await?;
+    let delta = catalog_with(&lake, TableScan::Delta).await?;
+    for t in parquet.tables().iter().filter(|t| t.version.is_some()) {
+        assert_eq!(t.scan, TableScan::Parquet, "{}", t.name);
+    }
+    for sql in [
+        "SELECT count(*) FROM records",
+        "SELECT * FROM records",
+        "SELECT retention_status, category, count(*), min(retain_until), max(retain_until), \
+         count(subject), count(sent_at) FROM records GROUP BY 1, 2",
+        "SELECT record_key FROM records WHERE retain_until <= DATE '2026-12-04'",
+        "SELECT record_key FROM records WHERE retain_until > DATE '2027-06-01' OR retain_until IS NULL",
+        "SELECT record_key FROM records WHERE retention_status = 'pending'",
+        "SELECT count(*) FROM records WHERE retain_until < DATE '1990-01-01'",
+        "SELECT record_key FROM records WHERE is_held()",
+        "SELECT * FROM disposal_candidates(DATE '2026-12-04')",
+        "SELECT * FROM upcoming_disposals",
+        "SELECT * FROM hold_coverage",
+        "SELECT * FROM holds",
+        "SELECT * FROM manifests",
+        "SELECT * FROM disposals",
+        "SELECT record_key, retain_until FROM records ORDER BY retain_until, record_key LIMIT 7",
+    ] {
+        assert_eq!(
+            rows(&parquet, sql).await?,
+            rows(&delta, sql).await?,
+            "{sql}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_catalog_reads_the_version_it_opened() -> Result<()> {
+    let mut lake = lake().await?;
+    let catalog = lake.catalog().await?;
+    let opened = catalog.table("records").unwrap().version;
+    let before = count(&catalog, "SELECT count(*) FROM records").await?;
+    let keys_before = keys(&catalog, "SELECT record_key FROM records").await?;
+    // More records land after the catalog opened (new ids, offsets beyond the first 300).
+    let landed = lake
+        .records
+        .land(
+            records_batch_from(1000, 50)?,
+            "retain-lineage",
+            &[(0, 1050)],
+        )
+        .await?;
+    assert_eq!(landed.rows_landed, 50);
+    assert_eq!(catalog.table("records").unwrap().version, opened);
+    assert_eq!(
+        count(&catalog, "SELECT count(*) FROM records").await?,
+        before
+    );
+    assert_eq!(
+        keys(&catalog, "SELECT record_key FROM records").await?,
+        keys_before
+    );
+    let reopened = lake.catalog().await?;
+    assert_eq!(
+        count(&reopened, "SELECT count(*) FROM records").await?,
+        before + 50
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_table_with_a_reader_feature_the_scan_lacks_is_read_through_deltalake() -> Result<()> {
+    let mut lake = lake().await?;
+    let expected = count(&lake.catalog().await?, "SELECT count(*) FROM records").await?;
+    // A protocol upgrade to deletion vectors (no file has one yet): the Parquet scan must not
+    // be trusted with the table any more.
+    let version = lake.records.refresh().await? + 1;
+    let log = lake.dir.path().join("records/_delta_log");
+    std::fs::write(
+        log.join(format!("{version:020}.json")),
+        "{\"protocol\":{\"minReaderVersion\":3,\"minWriterVersion\":7,\
+         \"readerFeatures\":[\"deletionVectors\"],\"writerFeatures\":[\"deletionVectors\"]}}\n",
+    )?;
+    let catalog = lake.catalog().await?;
+    let records = catalog.table("records").unwrap();
+    assert_eq!(records.version, Some(version));
+    assert_eq!(records.scan, TableScan::Delta);
+    assert_eq!(catalog.table("holds").unwrap().scan, TableScan::Parquet);
+    assert_eq!(
+        count(&catalog, "SELECT count(*) FROM records").await?,
+        expected
+    );
+    assert_eq!(
+        catalog.query("SELECT 1 FROM records LIMIT 3").await?[0].num_rows(),
+        3
+    );
     Ok(())
 }
 
