@@ -582,7 +582,7 @@ mod run {
         }
 
         /// Fails the test if the process ended by itself.
-        fn assert_running(&mut self) {
+        pub(super) fn assert_running(&mut self) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
                     "{} exited with {status}:\n{}",
@@ -2610,8 +2610,41 @@ mod serve {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         setup(d);
-        let secrets = phi(d);
+        let mut secrets = phi(d);
         assert!(secrets.len() > 50, "the demo lake has subjects and senders");
+        // A retention event naming a patient, in the lake's `events` table.
+        let mrn = "MRN-SECRET-7731";
+        secrets.insert(mrn.to_owned());
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut events = retain_events::EventsTable::open_or_create(
+                d.join("lake/events").to_str().unwrap(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+            let message = retain_codec::RetentionEventMessage {
+                event_id: "ev-discharge-secret".into(),
+                kind: retain_codec::EventType::Clock(retain_model::EventKind::Discharged),
+                date: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
+                action: None,
+                keys: retain_codec::EventKeys {
+                    patient_mrn: Some(mrn.into()),
+                    ..Default::default()
+                },
+                recorded_at: chrono::Utc::now(),
+                source: "ehr-adt".into(),
+            };
+            let stored = retain_events::StoredEvent {
+                message,
+                stored_at: chrono::Utc::now(),
+                partition: -1,
+                offset: -1,
+            };
+            events
+                .append(vec![stored], "test", Vec::new())
+                .await
+                .unwrap();
+        });
         let served = start(d, &[]);
         let port = served.port;
         assert!(served.banner.contains("no TLS"), "{}", served.banner);
@@ -2679,6 +2712,9 @@ mod serve {
             "SELECT table_name, definition FROM information_schema.views",
             "SELECT s FROM (SELECT subject AS s FROM records) t",
             "WITH x AS (SELECT from_address FROM records) SELECT * FROM x",
+            "SELECT * FROM events",
+            "SELECT * FROM ba_manifests",
+            "SELECT * FROM dead_letters",
         ] {
             let out = stdout(&ok(ana(sql)));
             for s in &secrets {
@@ -2710,6 +2746,15 @@ mod serve {
         );
         let o = ana("SELECT count(*) FROM records WHERE is_held()");
         assert!(!o.status.success(), "is_held() is not offered to analysts");
+        // The event is there for both; its patient only for the records manager.
+        assert_eq!(
+            lines(&ok(ana("SELECT event_id, patient_mrn FROM events"))),
+            ["ev-discharge-secret|<NULL>"]
+        );
+        assert_eq!(
+            lines(&ok(rita("SELECT event_id, patient_mrn FROM events"))),
+            [format!("ev-discharge-secret|{mrn}")]
+        );
 
         // Read-only, for both roles.
         for sql in [
@@ -2888,7 +2933,13 @@ print(json.dumps(out))
             .output()
             .unwrap();
         assert!(o.status.success(), "openssl: {}", stderr(&o));
-        let served = start(d, &["--tls-cert", "cert.pem", "--tls-key", "key.pem"]);
+        // TLS from the configuration file's [serve] section (the flags work the same way).
+        std::fs::write(
+            d.join("serve.toml"),
+            "[serve]\ntls-cert = \"cert.pem\"\ntls-key = \"key.pem\"\n",
+        )
+        .unwrap();
+        let served = start(d, &["--config", "serve.toml"]);
         assert!(served.banner.contains("(TLS)"), "{}", served.banner);
         let o = ok(psql(
             served.port,
@@ -2923,6 +2974,20 @@ print(json.dumps(out))
             .unwrap();
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("users.toml"), "{}", stderr(&o));
+        // A certificate without its key in the file is refused, naming the keys.
+        std::fs::write(d.join("half.toml"), "[serve]\ntls-cert = \"cert.pem\"\n").unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_retain"))
+            .args(["serve", "--lake", "lake", "--config", "half.toml"])
+            .args(["--users", "users.toml", "--listen", "127.0.0.1:0"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("tls-cert and tls-key"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -3234,6 +3299,9 @@ mod events {
         events: BTreeSet<String>,
         refs: Vec<String>,
         tenant: String,
+        custodian: String,
+        mailbox: String,
+        message_id: String,
     }
 
     /// Every row of `records` by record key.
@@ -3277,6 +3345,9 @@ mod events {
                         .collect(),
                     refs: m.patient_refs,
                     tenant: m.tenant,
+                    custodian: m.custodian,
+                    mailbox: m.mailbox,
+                    message_id: m.message_id,
                 };
                 assert!(out.insert(v.record_key, row).is_none(), "one row per key");
             }
@@ -3577,6 +3648,61 @@ mod events {
             "the discharge re-dated that patient's clinical records"
         );
 
+        // 2b. A business-associate contract ends with `return`: every message of the custodian
+        // the event names (in another case) is in the manifest for the mail system.
+        let custodian = landed
+            .values()
+            .find(|r| r.tenant == *tenant)
+            .unwrap()
+            .custodian
+            .clone();
+        let mut kb = keys(tenant);
+        kb.custodian = Some(custodian.to_uppercase());
+        let mut eb = event(
+            "ev-ba-return-1",
+            EventKind::ContractTerminated,
+            NaiveDate::from_ymd_opt(2030, 3, 1).unwrap(),
+            kb,
+        );
+        eb.action = Some(retain_model::ContractAction::Return);
+        produce_events(&env.brokers, std::slice::from_ref(&eb)).await;
+        wait_applied(&env.table, 4, &mut events).await;
+        let expected: BTreeSet<String> = landed
+            .values()
+            .filter(|r| {
+                r.tenant == *tenant
+                    && (r.custodian.eq_ignore_ascii_case(&custodian)
+                        || r.mailbox.eq_ignore_ascii_case(&custodian))
+            })
+            .map(|r| r.message_id.clone())
+            .collect();
+        let o = super::retain(&[
+            "sql",
+            "--lake",
+            env.dir.to_str().unwrap(),
+            "--format",
+            "json",
+            "-c",
+            "SELECT message_id, action, CAST(terminated AS VARCHAR) AS terminated \
+             FROM ba_manifests WHERE event_id = 'ev-ba-return-1'",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let manifest: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(
+            manifest
+                .iter()
+                .all(|r| r["action"] == "return" && r["terminated"] == "2030-03-01")
+        );
+        let listed: BTreeSet<String> = manifest
+            .iter()
+            .map(|r| r["message_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(listed.len(), manifest.len(), "each message once");
+        assert_eq!(listed, expected, "the manifest is the custodian's mail");
+
         // 3. Many events at once, the stage SIGKILLed while it works: after a restart the table
         // is what applying the same events without a kill gives.
         let baseline = dir.path().join("baseline");
@@ -3602,10 +3728,10 @@ mod events {
         eprintln!(
             "killed the events stage with {} of {} events applied",
             at_kill,
-            3 + batch.len()
+            4 + batch.len()
         );
         let mut events = Proc::start("events-2", "events", &env);
-        let total = 3 + batch.len() as i64;
+        let total = 4 + batch.len() as i64;
         wait_applied(&env.table, total, &mut events).await;
         let killed = snapshot(&env.table).await;
         let mut expected =
@@ -3637,7 +3763,7 @@ mod events {
         );
 
         // 4. Replaying every event changes nothing; an undecodable one goes to the dead letters.
-        let mut all = vec![e1, e2, e3];
+        let mut all = vec![e1, e2, e3, eb];
         all.extend(batch);
         produce_events(&env.brokers, &all).await;
         let garbage = b"not an event".as_slice();
@@ -3651,6 +3777,45 @@ mod events {
             "{:?}",
             dead[0].1
         );
+        // The dead-letter sink keeps a row for it in `dead_letters` (where it came from and why,
+        // never the payload), once, across a restart.
+        let dead_sql = || {
+            let o = super::retain(&[
+                "sql",
+                "--lake",
+                env.dir.to_str().unwrap(),
+                "--format",
+                "json",
+                "-c",
+                "SELECT * FROM dead_letters",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        };
+        for round in 0..2 {
+            let mut sink =
+                super::run::Stage::start(&format!("dead-letters-{round}"), "dead-letters", &env);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while dead_sql().is_empty() {
+                sink.assert_running();
+                assert!(Instant::now() < deadline, "no dead letter stored");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let (code, out) = sink.terminate();
+            assert_eq!(code, Some(0), "{out}");
+            let rows = dead_sql();
+            assert_eq!(rows.len(), 1, "stored once: {rows:?}");
+            let r = &rows[0];
+            assert_eq!(r["dlq_topic"], format!("{TOPIC}.dlq"));
+            assert_eq!(r["source_topic"], TOPIC);
+            assert_eq!(r["message_key"], "bad-1");
+            assert_eq!(r["payload_bytes"], garbage.len());
+            assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+            assert!(!r.to_string().contains("not an event"), "no payload: {r}");
+        }
         assert_eq!(
             snapshot(&env.table).await,
             killed,

@@ -20,12 +20,16 @@ use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, lit};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParserBuilder;
+use retain_events::{EVENTS_TABLE, events_schema};
 use retain_govern::{
     DISPOSALS_TABLE, HOLDS_TABLE, MANIFESTS_TABLE, covered_clause, disposals_schema, holds_schema,
     manifests_schema,
 };
 use retain_lake::deltalake::{DeltaTableBuilder, ensure_table_uri};
-use retain_lake::{AUDIT_TABLE, RECORDS_TABLE, audit_schema, records_schema};
+use retain_lake::{
+    AUDIT_TABLE, DEAD_LETTERS_TABLE, RECORDS_TABLE, audit_schema, dead_letters_schema,
+    records_schema,
+};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, instrument};
 
@@ -45,21 +49,24 @@ pub const DEFAULT_UPCOMING_DAYS: u32 = 365;
 
 /// The lake's tables, as registered (a table the lake does not have yet is registered empty
 /// with its known columns).
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 7] = [
     RECORDS_TABLE,
     HOLDS_TABLE,
     MANIFESTS_TABLE,
     DISPOSALS_TABLE,
     AUDIT_TABLE,
+    EVENTS_TABLE,
+    DEAD_LETTERS_TABLE,
 ];
 
 /// The views, as registered.
-pub const VIEWS: [&str; 5] = [
+pub const VIEWS: [&str; 6] = [
     "current_holds",
     "active_holds",
     "hold_coverage",
     "records_on_hold",
     "upcoming_disposals",
+    "ba_manifests",
 ];
 
 /// How to open a [`Catalog`].
@@ -245,6 +252,8 @@ impl Catalog {
             (MANIFESTS_TABLE, manifests_schema()),
             (DISPOSALS_TABLE, disposals_schema()),
             (AUDIT_TABLE, audit_schema()),
+            (EVENTS_TABLE, events_schema()),
+            (DEAD_LETTERS_TABLE, dead_letters_schema()),
         ] {
             let (provider, table) = open_table(
                 &ctx,
@@ -365,6 +374,20 @@ impl Catalog {
                  AND retain_until <= DATE '{until}' \
                  GROUP BY 1, 2, 3"
             ),
+        )
+        .await?;
+        // docs/events.md: a contract terminated with `return` or `transfer` is recorded on every
+        // record it matched (at landing or after) as the obligation entry
+        // `event.contract_terminated.<action>` citing the event id: the messages to hand over.
+        this.view(
+            "ba_manifests",
+            "SELECT o['citation'] AS event_id, substr(o['id'], 27) AS action, \
+             o['until'] AS terminated, tenant, mailbox, message_id, thread_id, record_key, \
+             category, retention_status, retain_until \
+             FROM (SELECT tenant, mailbox, message_id, thread_id, record_key, category, \
+             retention_status, retain_until, unnest(obligations) AS o FROM records) \
+             WHERE o['status'] = 'event' \
+             AND o['id'] IN ('event.contract_terminated.return', 'event.contract_terminated.transfer')",
         )
         .await?;
         debug!(holds = this.holds.len(), "catalog open");

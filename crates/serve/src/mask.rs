@@ -2,7 +2,7 @@
 //! with every PHI column reading as NULL (of its own type).
 //!
 //! [`mask_for_analyst`] rewrites an opened [`Catalog`]'s session in place:
-//! - `records` and `holds` become views projecting their masked columns over the Delta
+//! - `records`, `holds` and `events` become views projecting their masked columns over the Delta
 //!   tables, which are then no longer registered under any name;
 //! - the views built on them (`records_on_hold`, `current_holds`, `active_holds`) keep their
 //!   plans (hold coverage is still evaluated on the stored values) with the masking projection
@@ -52,6 +52,9 @@ pub const HOLDS_PHI: [&str; 5] = [
     "predicate",
     "release_justification",
 ];
+
+/// The `events` columns an analyst reads as NULL: the patient an event names.
+pub const EVENTS_PHI: [&str; 1] = ["patient_mrn"];
 
 /// `input` with every column named in `phi` replaced by a NULL of its type, same names and order.
 pub fn masked(input: LogicalPlan, phi: &[&str]) -> DfResult<LogicalPlan> {
@@ -109,7 +112,11 @@ pub async fn mask_for_analyst(catalog: &Catalog) -> DfResult<()> {
         ctx.deregister_table(name)?;
         ctx.register_table(name, view(plan))?;
     }
-    for (name, phi) in [("records", &RECORDS_PHI[..]), ("holds", &HOLDS_PHI[..])] {
+    for (name, phi) in [
+        ("records", &RECORDS_PHI[..]),
+        ("holds", &HOLDS_PHI[..]),
+        ("events", &EVENTS_PHI[..]),
+    ] {
         let stored = provider(ctx, name).await?;
         let scan = LogicalPlanBuilder::scan(name, provider_as_source(stored), None)?.build()?;
         ctx.deregister_table(name)?;
