@@ -142,6 +142,11 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
     if a.replica && a.stage != Stage::All {
         return Err(bad("--replica goes with `retain run all` only"));
     }
+    if a.stage == Stage::DeadLetters && a.group.is_some() {
+        return Err(bad(
+            "--group (RETAIN_GROUP) does not apply to the dead-letter sink: it reads every partition of the .dlq topics and keeps its position in the dead_letters table",
+        ));
+    }
     let (file, origin) = config::load(a.config.as_deref(), std::env::vars())?;
     let kafka = kafka_config(a.brokers.as_deref(), &file, &origin)?.ok_or_else(|| {
         bad(format!(

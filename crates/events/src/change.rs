@@ -60,6 +60,14 @@ impl Counts {
         }
     }
 
+    fn merge(&mut self, o: &Counts) {
+        self.later += o.later;
+        self.earlier += o.earlier;
+        self.due_now += o.due_now;
+        self.same_date += o.same_date;
+        self.unchanged += o.unchanged;
+    }
+
     /// Records that would be rewritten.
     pub fn changed(&self) -> u64 {
         self.later + self.earlier + self.same_date
@@ -95,6 +103,30 @@ pub struct DiffReport {
     pub locked: bool,
     /// How long the scan and recompute took, in milliseconds.
     pub elapsed_ms: u64,
+}
+
+/// Adds the counts, samples (up to [`SAMPLES`], in order) and earliest date of `part`.
+fn merge_report(into: &mut DiffReport, part: DiffReport) {
+    into.records += part.records;
+    into.total.merge(&part.total);
+    for (k, c) in part.by_category {
+        into.by_category.entry(k).or_default().merge(&c);
+    }
+    for (k, c) in part.by_rule {
+        into.by_rule.entry(k).or_default().merge(&c);
+    }
+    for (to, from) in [
+        (&mut into.samples_later, part.samples_later),
+        (&mut into.samples_earlier, part.samples_earlier),
+        (&mut into.samples_due_now, part.samples_due_now),
+    ] {
+        let room = SAMPLES.saturating_sub(to.len());
+        to.extend(from.into_iter().take(room));
+    }
+    into.earliest_newly_due = match (into.earliest_newly_due, part.earliest_newly_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 }
 
 /// What [`PolicyChange::apply`] did.
@@ -166,55 +198,97 @@ impl<'a> PolicyChange<'a> {
         };
         let mut updates = Vec::new();
         let mut stream = scan_records(records.delta_table(), &RECOMPUTE_COLUMNS, None).await?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let mut builder = UpdateBuilder::new();
-            for row in row_views(&batch)? {
-                let r = recompute(self.policy, &row, &[]);
-                report.records += 1;
-                let m = r.changed.then(|| movement(&row.stored, &r.decision));
-                let due = r.changed && newly_due(&row.stored, &r.decision, self.today);
-                report.total.add(m, due);
-                report
-                    .by_category
-                    .entry(row.category.as_str().to_owned())
-                    .or_default()
-                    .add(m, due);
-                let rule = r
-                    .decision
-                    .governing
-                    .clone()
-                    .unwrap_or_else(|| "-".to_owned());
-                report.by_rule.entry(rule).or_default().add(m, due);
-                let samples = match m {
-                    Some(Movement::Later) => Some(&mut report.samples_later),
-                    Some(Movement::Earlier) => Some(&mut report.samples_earlier),
-                    _ => None,
-                };
-                if let Some(s) = samples
-                    && s.len() < SAMPLES
-                {
-                    s.push(row.record_key.clone());
-                }
-                if due {
-                    if report.samples_due_now.len() < SAMPLES {
-                        report.samples_due_now.push(row.record_key.clone());
-                    }
-                    report.earliest_newly_due = report
-                        .earliest_newly_due
-                        .min(r.decision.retain_until)
-                        .or(r.decision.retain_until);
-                }
-                if collect && r.changed {
-                    builder.push(&row.record_key, &r.decision);
+        // The recompute is CPU work: batches are recomputed a few at a time on scoped threads,
+        // one per core, and merged in scan order (so the samples are the same as one thread's).
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        loop {
+            let next = stream.next().await;
+            let done = next.is_none();
+            if let Some(batch) = next {
+                pending.push(batch?);
+            }
+            if pending.len() >= workers || (done && !pending.is_empty()) {
+                let parts: Vec<Result<(DiffReport, Option<RecordBatch>)>> =
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = pending
+                            .drain(..)
+                            .map(|batch| scope.spawn(move || self.part(&batch, collect)))
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("a recompute thread panicked"))
+                            .collect()
+                    });
+                for part in parts {
+                    let (part, update) = part?;
+                    merge_report(&mut report, part);
+                    updates.extend(update);
                 }
             }
-            if !builder.is_empty() {
-                updates.push(builder.finish()?);
+            if done {
+                break;
             }
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((report, updates))
+    }
+
+    /// The what-if of one batch (counts, samples in row order) and, with `collect`, its MERGE
+    /// source rows.
+    fn part(
+        &self,
+        batch: &RecordBatch,
+        collect: bool,
+    ) -> Result<(DiffReport, Option<RecordBatch>)> {
+        let mut report = DiffReport::default();
+        let mut builder = UpdateBuilder::new();
+        for row in row_views(batch)? {
+            let r = recompute(self.policy, &row, &[]);
+            report.records += 1;
+            let m = r.changed.then(|| movement(&row.stored, &r.decision));
+            let due = r.changed && newly_due(&row.stored, &r.decision, self.today);
+            report.total.add(m, due);
+            report
+                .by_category
+                .entry(row.category.as_str().to_owned())
+                .or_default()
+                .add(m, due);
+            let rule = r
+                .decision
+                .governing
+                .clone()
+                .unwrap_or_else(|| "-".to_owned());
+            report.by_rule.entry(rule).or_default().add(m, due);
+            let samples = match m {
+                Some(Movement::Later) => Some(&mut report.samples_later),
+                Some(Movement::Earlier) => Some(&mut report.samples_earlier),
+                _ => None,
+            };
+            if let Some(s) = samples
+                && s.len() < SAMPLES
+            {
+                s.push(row.record_key.clone());
+            }
+            if due {
+                if report.samples_due_now.len() < SAMPLES {
+                    report.samples_due_now.push(row.record_key.clone());
+                }
+                report.earliest_newly_due = report
+                    .earliest_newly_due
+                    .min(r.decision.retain_until)
+                    .or(r.decision.retain_until);
+            }
+            if collect && r.changed {
+                builder.push(&row.record_key, &r.decision);
+            }
+        }
+        let update = if builder.is_empty() {
+            None
+        } else {
+            Some(builder.finish()?)
+        };
+        Ok((report, update))
     }
 
     /// What the policy would change, on the table's newest version; nothing is written except,
@@ -351,5 +425,53 @@ impl<'a> PolicyChange<'a> {
             audit.append(&[entry]).await?;
         }
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(
+        records: u64,
+        later: u64,
+        samples: &[&str],
+        earliest: Option<(i32, u32, u32)>,
+    ) -> DiffReport {
+        let counts = Counts {
+            later,
+            unchanged: records - later,
+            ..Counts::default()
+        };
+        DiffReport {
+            records,
+            total: counts.clone(),
+            by_category: [("clinical".to_owned(), counts)].into(),
+            samples_later: samples.iter().map(|s| (*s).to_owned()).collect(),
+            earliest_newly_due: earliest.and_then(|(y, m, d)| NaiveDate::from_ymd_opt(y, m, d)),
+            ..DiffReport::default()
+        }
+    }
+
+    #[test]
+    fn merging_parts_adds_counts_and_keeps_the_first_samples_in_order() {
+        let mut report = DiffReport::default();
+        merge_report(
+            &mut report,
+            part(10, 3, &["a", "b", "c"], Some((2030, 1, 1))),
+        );
+        merge_report(
+            &mut report,
+            part(7, 4, &["d", "e", "f", "g"], Some((2029, 5, 1))),
+        );
+        merge_report(&mut report, part(5, 1, &["h"], None));
+        assert_eq!(report.records, 22);
+        assert_eq!((report.total.later, report.total.unchanged), (8, 14));
+        assert_eq!(report.by_category["clinical"].later, 8);
+        assert_eq!(report.samples_later, ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            report.earliest_newly_due,
+            NaiveDate::from_ymd_opt(2029, 5, 1)
+        );
     }
 }
