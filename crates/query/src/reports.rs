@@ -439,6 +439,20 @@ async fn holds(r: &mut Runner<'_>, as_of: NaiveDate) -> Result<Shaped> {
         ),
     )
     .await?;
+    // In force on the as-of date, released since: no coverage (only active holds are
+    // evaluated), but a report as of a past date must not leave them out.
+    r.section(
+        "Released after the as-of date",
+        &format!(
+            "SELECT hold_id, created_by, CAST(created_at AS DATE) AS created, \
+             CAST(released_at AS DATE) AS released, released_by, release_approved_by \
+             FROM current_holds WHERE status = 'released' \
+             AND CAST(created_at AS DATE) <= DATE '{as_of}' \
+             AND CAST(released_at AS DATE) > DATE '{as_of}' \
+             ORDER BY created_at, hold_id"
+        ),
+    )
+    .await?;
     for (heading, column) in [
         ("Custodians on hold", "custodian"),
         ("Held records by category", "category"),
@@ -464,6 +478,7 @@ async fn holds(r: &mut Runner<'_>, as_of: NaiveDate) -> Result<Shaped> {
                 r.catalog.today()
             ),
             "records: records the hold covers now; a record under two holds counts for each.".to_owned(),
+            format!("Released after the as-of date: holds in force on {as_of} and released since (their coverage is not evaluated: only active holds are)."),
             "Custodians are mailbox names, shown so records managers can act on a hold; a hold's matter, reason and scope can name a patient and are left out (retain hold show ID prints them).".to_owned(),
         ],
         None,

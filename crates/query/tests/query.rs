@@ -1226,6 +1226,51 @@ mod reports {
         Ok(())
     }
 
+    /// As of a past date, the holds report lists the holds in force then: the one released
+    /// since under "Released after the as-of date", none placed after it.
+    #[tokio::test]
+    async fn the_holds_report_as_of_a_past_date_shows_holds_released_since() -> Result<()> {
+        let lake = seeded_lake().await?;
+        let catalog = Catalog::open(
+            lake.dir.path().to_str().unwrap(),
+            HashMap::new(),
+            CatalogOptions {
+                today: Some(today()),
+                ..CatalogOptions::default()
+            },
+        )
+        .await?;
+        let as_of = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
+        let out = run_report(&catalog, Report::Holds, as_of).await?;
+        let ids = |heading: &str| -> Vec<String> {
+            let s = out.sections.iter().find(|s| s.heading == heading).unwrap();
+            let col = datafusion::arrow::compute::cast(
+                s.batch.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let col = col.as_string::<i32>();
+            (0..col.len())
+                .map(|i| lake.normalise(col.value(i)))
+                .collect()
+        };
+        // Placed 2026-06-01 (clinical, still active); 2026-09-01 (bob, released 2026-10-15);
+        // 2026-11-20 (raptor: after the as-of date).
+        assert_eq!(ids("Active holds"), [lake.normalise(&lake.ids[0])]);
+        assert_eq!(
+            ids("Released after the as-of date"),
+            [lake.normalise(&lake.ids[1])]
+        );
+        let later = run_report(&catalog, Report::Holds, today()).await?;
+        let released = later
+            .sections
+            .iter()
+            .find(|s| s.heading == "Released after the as-of date")
+            .unwrap();
+        assert_eq!(released.batch.num_rows(), 0, "released before today");
+        Ok(())
+    }
+
     /// Every tag opened is closed, in order (void elements and `<.../>` aside).
     fn assert_well_formed(html: &str, name: &str) {
         let mut stack: Vec<String> = Vec::new();
