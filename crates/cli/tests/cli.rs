@@ -3386,6 +3386,24 @@ mod events {
         }
     }
 
+    /// The rows `retain sql` prints for `sql` over the lake at `lake`, as JSON objects.
+    fn sql_rows(lake: &Path, sql: &str) -> Vec<serde_json::Value> {
+        let o = super::retain(&[
+            "sql",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--format",
+            "json",
+            "-c",
+            sql,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     async fn produce_raw(brokers: &str, key: &[u8], payload: &[u8]) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -3676,21 +3694,11 @@ mod events {
             })
             .map(|r| r.message_id.clone())
             .collect();
-        let o = super::retain(&[
-            "sql",
-            "--lake",
-            env.dir.to_str().unwrap(),
-            "--format",
-            "json",
-            "-c",
+        let manifest = sql_rows(
+            &env.dir,
             "SELECT message_id, action, CAST(terminated AS VARCHAR) AS terminated \
              FROM ba_manifests WHERE event_id = 'ev-ba-return-1'",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let manifest: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        );
         assert!(
             manifest
                 .iter()
@@ -3779,22 +3787,7 @@ mod events {
         );
         // The dead-letter sink keeps a row for it in `dead_letters` (where it came from and why,
         // never the payload), once, across a restart.
-        let dead_sql = || {
-            let o = super::retain(&[
-                "sql",
-                "--lake",
-                env.dir.to_str().unwrap(),
-                "--format",
-                "json",
-                "-c",
-                "SELECT * FROM dead_letters",
-            ]);
-            assert!(o.status.success(), "{}", stderr(&o));
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        };
+        let dead_sql = || sql_rows(&env.dir, "SELECT * FROM dead_letters");
         for round in 0..2 {
             let mut sink =
                 super::run::Stage::start(&format!("dead-letters-{round}"), "dead-letters", &env);

@@ -1110,6 +1110,10 @@ mod reports {
 
     impl Seeded {
         async fn run(&self, report: Report) -> Result<ReportOutput> {
+            self.run_as_of(report, today()).await
+        }
+
+        async fn run_as_of(&self, report: Report, as_of: NaiveDate) -> Result<ReportOutput> {
             let catalog = Catalog::open(
                 self.dir.path().to_str().unwrap(),
                 HashMap::new(),
@@ -1119,7 +1123,7 @@ mod reports {
                 },
             )
             .await?;
-            Ok(run_report(&catalog, report, today()).await?)
+            Ok(run_report(&catalog, report, as_of).await?)
         }
 
         /// The text with each hold and manifest id's random tail replaced by its order of
@@ -1231,17 +1235,8 @@ mod reports {
     #[tokio::test]
     async fn the_holds_report_as_of_a_past_date_shows_holds_released_since() -> Result<()> {
         let lake = seeded_lake().await?;
-        let catalog = Catalog::open(
-            lake.dir.path().to_str().unwrap(),
-            HashMap::new(),
-            CatalogOptions {
-                today: Some(today()),
-                ..CatalogOptions::default()
-            },
-        )
-        .await?;
         let as_of = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
-        let out = run_report(&catalog, Report::Holds, as_of).await?;
+        let out = lake.run_as_of(Report::Holds, as_of).await?;
         let ids = |heading: &str| -> Vec<String> {
             let s = out.sections.iter().find(|s| s.heading == heading).unwrap();
             let col = datafusion::arrow::compute::cast(
@@ -1261,7 +1256,7 @@ mod reports {
             ids("Released after the as-of date"),
             [lake.normalise(&lake.ids[1])]
         );
-        let later = run_report(&catalog, Report::Holds, today()).await?;
+        let later = lake.run(Report::Holds).await?;
         let released = later
             .sections
             .iter()
