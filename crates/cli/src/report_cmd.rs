@@ -12,12 +12,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, ValueEnum};
-use retain_lake::{AuditAction, AuditEntry, AuditTable};
+use retain_lake::{AuditAction, AuditEntry};
 use retain_query::reports::{Report, ReportOutput, run_report};
-use retain_query::{Catalog, CatalogOptions, render, table_location};
+use retain_query::{Catalog, render};
 
-use crate::hold_cmd::LakeArgs;
-use crate::sql_cmd::{parse_size, query_error};
+use crate::sql_cmd::{open_for_reading, parse_size, query_error, reader};
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,33 +97,9 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
 }
 
 async fn report_cmd(report: Report, a: ReportArgs) -> Result<ExitCode> {
-    let lake = LakeArgs {
-        lake: a.lake.clone(),
-        config: a.config.clone(),
-        json: false,
-    };
-    let options = crate::hold_cmd::storage(&lake)?;
-    // Refuses (exit 2) a lake root without records, so a mistyped --lake creates nothing.
-    crate::hold_cmd::records(&lake, &options).await?;
-    let mut audit = AuditTable::open_or_create(&table_location(&a.lake, "audit"), options.clone())
-        .await
-        .context("opening the audit table")?;
-    let catalog = Catalog::open(
-        &a.lake,
-        options,
-        CatalogOptions {
-            memory_limit: a.memory_limit,
-            ..CatalogOptions::default()
-        },
-    )
-    .await
-    .map_err(query_error)?;
+    let (mut audit, catalog) = open_for_reading(&a.lake, a.config.clone(), a.memory_limit).await?;
     let as_of = a.as_of.unwrap_or_else(|| catalog.today());
-    let by =
-        a.by.clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "unknown".to_owned());
+    let by = reader(a.by.clone());
 
     let result = run_report(&catalog, report, as_of).await;
     let text = match &result {

@@ -103,6 +103,16 @@ struct Resolved {
     dead_letters: Option<DeadLettersConfig>,
 }
 
+/// The table locations of the stages that write to the lake: `records` and its siblings.
+#[derive(Debug, Clone)]
+struct Tables {
+    records: String,
+    audit: String,
+    events: String,
+    dead_letters: String,
+    storage: HashMap<String, String>,
+}
+
 /// Runs `retain run`.
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let resolved = resolve(&a)?;
@@ -141,6 +151,11 @@ pub(crate) fn kafka_config(
 fn resolve(a: &RunArgs) -> Result<Resolved> {
     if a.replica && a.stage != Stage::All {
         return Err(bad("--replica goes with `retain run all` only"));
+    }
+    if a.stage == Stage::Events && a.group.is_some() {
+        return Err(bad(
+            "--group (RETAIN_GROUP) does not apply to the events stage: it owns every partition of its topic and keeps its position in the records table",
+        ));
     }
     if a.stage == Stage::DeadLetters && a.group.is_some() {
         return Err(bad(
@@ -185,8 +200,8 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         )));
     }
 
-    // The tables of the scheduler and the events stage: `records`, and its siblings `audit`
-    // and `events` unless set.
+    // The tables of the scheduler, the events stage and the dead-letter sink: `records`, and
+    // its siblings `audit`, `events` and `dead_letters` unless set.
     let tables = if matches!(a.stage, Stage::Classifier) {
         None
     } else {
@@ -225,7 +240,13 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         let storage = flatten(&file.lake.storage, &origin, "lake.storage")?
             .into_iter()
             .collect::<HashMap<_, _>>();
-        Some((location, audit, events, dead, storage))
+        Some(Tables {
+            records: location,
+            audit,
+            events,
+            dead_letters: dead,
+            storage,
+        })
     };
     let events_topic = a
         .events_topic
@@ -235,10 +256,10 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
 
     let mut events_facts = None;
     let scheduler = if matches!(a.stage, Stage::Scheduler | Stage::All) {
-        let (location, audit, events, _, storage) = tables.clone().expect("resolved above");
-        let mut s = SchedulerConfig::new(kafka.clone(), location).with_topics(&classified, &input);
-        s.audit_location = Some(audit);
-        s.storage_options = storage;
+        let t = tables.clone().expect("resolved above");
+        let mut s = SchedulerConfig::new(kafka.clone(), t.records).with_topics(&classified, &input);
+        s.audit_location = Some(t.audit);
+        s.storage_options = t.storage;
         if let Some(g) = a.group.clone().or(file.scheduler.group.clone()) {
             s.group_id = g;
         }
@@ -274,7 +295,7 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
         if let Some(b) = f.target_file_size {
             s.flush.target_file_size = b.0;
         }
-        events_facts = Some((events, f.events_refresh.map_or(EVENTS_REFRESH, |d| d.0)));
+        events_facts = Some((t.events, f.events_refresh.map_or(EVENTS_REFRESH, |d| d.0)));
         Some(s)
     } else {
         None
@@ -282,24 +303,19 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
 
     let once = a.stage == Stage::All && !a.replica;
     let dead_letters = if a.stage == Stage::DeadLetters || once {
-        let (_, _, _, dead, storage) = tables.clone().expect("resolved above");
-        let mut d = DeadLettersConfig::new(kafka.clone(), &dead);
+        let t = tables.clone().expect("resolved above");
+        let mut d = DeadLettersConfig::new(kafka.clone(), &t.dead_letters);
         d.topics = [&input, &classified, &events_topic]
             .iter()
             .map(|t| dead_letter_topic(t))
             .collect();
-        d.storage_options = storage;
+        d.storage_options = t.storage;
         Some(d)
     } else {
         None
     };
     let events = if a.stage == Stage::Events || once {
-        if a.stage == Stage::Events && a.group.is_some() {
-            return Err(bad(
-                "--group (RETAIN_GROUP) does not apply to the events stage: it owns every partition of its topic and keeps its position in the records table",
-            ));
-        }
-        let (location, audit, events, _, storage) = tables.expect("resolved above");
+        let t = tables.expect("resolved above");
         let f = &file.events;
         for (key, zero) in [
             ("max-events", f.max_events == Some(0)),
@@ -313,10 +329,10 @@ fn resolve(a: &RunArgs) -> Result<Resolved> {
                 return Err(bad(format!("{origin}: events.{key} must be more than 0")));
             }
         }
-        let mut e = EventsConfig::new(kafka.clone(), &location, &events);
+        let mut e = EventsConfig::new(kafka.clone(), &t.records, &t.events);
         e.topic = events_topic;
-        e.audit_location = Some(audit);
-        e.storage_options = storage;
+        e.audit_location = Some(t.audit);
+        e.storage_options = t.storage;
         if let Some(n) = f.max_events {
             e.max_events = n;
         }

@@ -111,32 +111,8 @@ struct Session {
 }
 
 async fn sql(a: SqlArgs) -> Result<ExitCode> {
-    let lake = LakeArgs {
-        lake: a.lake.clone(),
-        config: a.config.clone(),
-        json: false,
-    };
-    let options = crate::hold_cmd::storage(&lake)?;
-    // Refuses (exit 2) a lake root without records, so a mistyped --lake creates nothing.
-    crate::hold_cmd::records(&lake, &options).await?;
-    let audit = AuditTable::open_or_create(&table_location(&a.lake, "audit"), options.clone())
-        .await
-        .context("opening the audit table")?;
-    let catalog = Catalog::open(
-        &a.lake,
-        options,
-        CatalogOptions {
-            memory_limit: a.memory_limit,
-            ..CatalogOptions::default()
-        },
-    )
-    .await
-    .map_err(query_error)?;
-    let by =
-        a.by.clone()
-            .or_else(|| std::env::var("USER").ok())
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "unknown".to_owned());
+    let (audit, catalog) = open_for_reading(&a.lake, a.config.clone(), a.memory_limit).await?;
+    let by = reader(a.by.clone());
     let mut s = Session {
         catalog,
         audit,
@@ -162,6 +138,44 @@ async fn sql(a: SqlArgs) -> Result<ExitCode> {
 }
 
 /// A retain-query error as a CLI error: the user's to fix (exit 2) or not (exit 1).
+/// The lake's audit table and a read-only catalog over the lake at `root`; a root without
+/// `records` is refused (exit 2), so a mistyped `--lake` creates nothing.
+pub(crate) async fn open_for_reading(
+    root: &str,
+    config: Option<PathBuf>,
+    memory_limit: usize,
+) -> Result<(AuditTable, Catalog)> {
+    let lake = LakeArgs {
+        lake: root.to_owned(),
+        config,
+        json: false,
+    };
+    let options = crate::hold_cmd::storage(&lake)?;
+    crate::hold_cmd::records(&lake, &options).await?;
+    let audit = AuditTable::open_or_create(&table_location(root, "audit"), options.clone())
+        .await
+        .context("opening the audit table")?;
+    let catalog = Catalog::open(
+        root,
+        options,
+        CatalogOptions {
+            memory_limit,
+            ..CatalogOptions::default()
+        },
+    )
+    .await
+    .map_err(query_error)?;
+    Ok((audit, catalog))
+}
+
+/// Who reads, for the audit trail: `--by`, else `$USER`, else `unknown` (blank names do not
+/// count).
+pub(crate) fn reader(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 pub(crate) fn query_error(e: retain_query::Error) -> anyhow::Error {
     if e.is_bad_input() {
         BadInput(e.to_string()).into()

@@ -249,25 +249,18 @@ impl EventsTable {
         })
     }
 
-    /// The committed next offset of `{app_id}-{partition}`.
-    pub async fn committed_offset(&mut self, app_id: &str, partition: i32) -> Result<Option<i64>> {
-        self.refresh().await?;
-        let state = self
-            .table
-            .snapshot()
-            .map_err(|e| query("reading the events table", e))?;
-        state
-            .transaction_version(
-                self.table.log_store().as_ref(),
-                retain_lake::txn_app_id(app_id, partition),
-            )
-            .await
-            .map_err(|e| query("reading the events table's offsets", e))
-    }
-
     /// Every stored event, in storing order (table version, then offset).
     pub async fn all(&mut self) -> Result<Vec<StoredEvent>> {
         self.read(None).await
+    }
+
+    /// The events stored at or after `since`, in storing order.
+    pub async fn stored_since(&mut self, since: DateTime<Utc>) -> Result<Vec<StoredEvent>> {
+        let at = lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(
+            Some(since.timestamp_micros()),
+            Some("UTC".into()),
+        ));
+        self.read(Some(col("stored_at").gt_eq(at))).await
     }
 
     async fn read(

@@ -29,7 +29,7 @@ pub use error::{Error, Result, is_commit_race};
 pub use schema::{RECORDS_TABLE, records_delta_schema, records_schema};
 pub use table::{
     DEFAULT_MAX_ATTEMPTS, Landed, Optimized, RECORDS_STATS_COLUMNS, RecordsTable, TxnMark,
-    append_batch, open_or_create_table, register_storage_handlers, txn_app_id,
+    append_batch, committed_offset_in, open_or_create_table, register_storage_handlers, txn_app_id,
 };
 
 /// Re-exported so callers build and read batches with the exact Arrow and deltalake versions

@@ -183,6 +183,27 @@ pub async fn open_or_create_table(
     Ok((table, shown))
 }
 
+/// The committed next offset of `{app_id}-{partition}` (its `txn` action) in `state` of
+/// `table` (at `url`, for errors); `None` when nothing was committed under that id.
+pub async fn committed_offset_in(
+    table: &DeltaTable,
+    state: &DeltaTableState,
+    url: &str,
+    app_id: &str,
+    partition: i32,
+) -> Result<Option<i64>> {
+    state
+        .transaction_version(table.log_store().as_ref(), txn_app_id(app_id, partition))
+        .await
+        .map_err(|source| Error::ReadOffset {
+            url: url.to_owned(),
+            version: state.version(),
+            app_id: app_id.to_owned(),
+            partition,
+            source: Box::new(source),
+        })
+}
+
 /// Appends `batch` to `table` in one commit with `txns` (application transactions: a
 /// concurrent commit carrying any of the same app ids makes this one fail with
 /// [`Error::Conflict`], which the caller retries after re-reading). `app_id` names the writer
@@ -530,19 +551,7 @@ impl RecordsTable {
         app_id: &str,
         partition: i32,
     ) -> Result<Option<i64>> {
-        state
-            .transaction_version(
-                self.table.log_store().as_ref(),
-                txn_app_id(app_id, partition),
-            )
-            .await
-            .map_err(|source| Error::ReadOffset {
-                url: self.url.clone(),
-                version: state.version(),
-                app_id: app_id.to_owned(),
-                partition,
-                source: Box::new(source),
-            })
+        committed_offset_in(&self.table, state, &self.url, app_id, partition).await
     }
 
     /// Decides, against `state`, which rows are new and which `txn` actions to commit.

@@ -27,7 +27,8 @@ use retain_lake::deltalake::arrow::array::{
 use retain_lake::deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use retain_lake::deltalake::kernel::{StructType, Transaction};
 use retain_lake::{
-    DEAD_LETTERS_TABLE, append_batch, dead_letters_schema, open_or_create_table, txn_app_id,
+    DEAD_LETTERS_TABLE, append_batch, committed_offset_in, dead_letters_schema,
+    open_or_create_table, txn_app_id,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -287,17 +288,13 @@ fn app_id(topic: &str) -> String {
 
 /// The committed next offset of `topic`/`partition`.
 async fn committed(table: &DeltaTable, url: &str, topic: &str, p: i32) -> Result<Option<i64>> {
-    let open = |e: retain_lake::deltalake::DeltaTableError| Error::Lake {
+    let state = table.snapshot().map_err(|e| Error::Lake {
         source: retain_lake::Error::Open {
             url: url.to_owned(),
             source: Box::new(e),
         },
-    };
-    let state = table.snapshot().map_err(open)?;
-    state
-        .transaction_version(table.log_store().as_ref(), txn_app_id(&app_id(topic), p))
-        .await
-        .map_err(open)
+    })?;
+    Ok(committed_offset_in(table, state, url, &app_id(topic), p).await?)
 }
 
 /// Appends `rows` with the next offset of every partition they came from, in one commit.

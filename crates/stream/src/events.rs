@@ -354,12 +354,7 @@ impl EventsStage {
     ) -> Result<()> {
         let window = chrono::Duration::from_std(self.config.recheck_window).unwrap_or_default();
         let since = Utc::now() - window;
-        let recent: Vec<StoredEvent> = events
-            .all()
-            .await?
-            .into_iter()
-            .filter(|e| e.stored_at >= since)
-            .collect();
+        let recent: Vec<StoredEvent> = events.stored_since(since).await?;
         let Some(oldest) = recent.iter().map(|e| e.stored_at).min() else {
             return Ok(());
         };
