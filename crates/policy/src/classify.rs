@@ -12,8 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::MatchKind;
-use aho_corasick::automaton::Automaton as _;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use retain_model::{Category, Classification, Direction, MailMessage, PhiIndicators};
@@ -56,16 +54,22 @@ type AtomId = u32;
 const PATIENT_TERM: AtomId = AtomId::MAX;
 
 /// A set of atoms, remembering which were set (there are few per message).
+#[derive(Default)]
 struct Bits {
     words: Vec<u64>,
     list: Vec<AtomId>,
 }
 
 impl Bits {
-    fn new(n: usize) -> Self {
-        Bits {
-            words: vec![0; n.div_ceil(64).max(1)],
-            list: Vec::new(),
+    /// Empties the set (only the words that were set are touched) and makes room for `n` atoms.
+    fn reset(&mut self, n: usize) {
+        for &a in &self.list {
+            self.words[(a / 64) as usize] = 0;
+        }
+        self.list.clear();
+        let words = n.div_ceil(64).max(1);
+        if self.words.len() < words {
+            self.words.resize(words, 0);
         }
     }
     fn set(&mut self, a: AtomId) {
@@ -86,15 +90,97 @@ impl Bits {
     }
 }
 
+/// Byte classes for the text scan: 0 not a word byte, 1 ASCII word byte, 2 non-ASCII byte
+/// (a word byte too: see [`is_word`]).
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c >= 0x80 {
+            2
+        } else if c.is_ascii_alphanumeric() || c == b'_' {
+            1
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The key of the word `text[start..end]`: its first eight bytes, ASCII-lower-cased,
+/// little-endian, zero-padded.
+#[inline]
+fn word_prefix(text: &[u8], start: usize, end: usize) -> u64 {
+    let n = (end - start).min(8);
+    let v = match text.get(start..start + 8) {
+        // One load and a mask (copying a short word into a buffer first stalls the load).
+        Some(eight) => {
+            let v = u64::from_le_bytes([
+                eight[0], eight[1], eight[2], eight[3], eight[4], eight[5], eight[6], eight[7],
+            ]);
+            if n == 8 {
+                v
+            } else {
+                v & ((1u64 << (8 * n)) - 1)
+            }
+        }
+        None => {
+            let mut buf = [0u8; 8];
+            buf[..n].copy_from_slice(&text[start..start + n]);
+            u64::from_le_bytes(buf)
+        }
+    };
+    // ASCII upper case to lower case, eight bytes at once (see `word_mask`).
+    let x = v & !TOP;
+    let at_least = |c: u8| (x + ONES * (0x80 - u64::from(c))) & TOP;
+    let upper = at_least(b'A') & !at_least(b'Z' + 1) & !(v & TOP);
+    v | (upper >> 2)
+}
+
+/// Eight bytes' worth of 0x01 and of 0x80: the lanes of the eight-at-a-time byte tests.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const TOP: u64 = 0x8080_8080_8080_8080;
+
+/// A keyword's first word (the run of word bytes it starts with), the key of the hash table.
+struct FirstWord {
+    word: Box<[u8]>,
+    /// Indexes of the keywords that start with this word.
+    keywords: Vec<u32>,
+}
+
+/// A slot of the first-word table: the word's key and length, and `firsts[index - 1]`
+/// (0: empty).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    prefix: u64,
+    len: u32,
+    index: u32,
+}
+
 /// Keywords for one text field, matched whole-word and case-insensitively.
+///
+/// A keyword that starts with a word character can only match where a text word starts, and
+/// that text word must then be exactly the keyword's first word (a word character after it
+/// would break the boundary, a non-word character would end it). So the text is cut into words
+/// in one pass, each word is looked up by its key in an open-addressing table kept at most an
+/// eighth full (so a word that starts no keyword almost always lands on an empty slot at the
+/// first probe), and only the keywords found there are compared byte by byte. Keywords that start with
+/// punctuation (`#tag`, `.net`) are tried wherever their first byte occurs.
 struct KeywordField {
-    patterns: Vec<String>,
+    /// The keywords, ASCII-lower-cased and trimmed.
+    patterns: Vec<Box<[u8]>>,
     atoms: Vec<Vec<AtomId>>,
     index: HashMap<String, usize>,
-    automaton: Option<aho_corasick::dfa::DFA>,
-    start: aho_corasick::automaton::StateID,
-    /// Bytes that are not word characters but start some keyword (e.g. `#` or `.`).
-    odd_starts: Vec<bool>,
+    /// Bit `min(len, 63)` of entry `b` is set when some first word starts with byte `b` and
+    /// has that length: most words are thrown out by this one load.
+    lengths: Box<[u64; 256]>,
+    /// Open addressing by [`slot_of`], linear probing.
+    slots: Vec<Slot>,
+    firsts: Vec<FirstWord>,
+    /// Keywords starting with a non-word byte, by that byte.
+    odd: HashMap<u8, Vec<u32>>,
 }
 
 impl Default for KeywordField {
@@ -103,23 +189,29 @@ impl Default for KeywordField {
             patterns: Vec::new(),
             atoms: Vec::new(),
             index: HashMap::new(),
-            automaton: None,
-            start: aho_corasick::automaton::StateID::ZERO,
-            odd_starts: vec![false; 256],
+            lengths: Box::new([0; 256]),
+            slots: vec![Slot::default()],
+            firsts: Vec::new(),
+            odd: HashMap::new(),
         }
     }
+}
+
+/// A word length as kept in a [`Slot`] (longer words are told apart by their bytes).
+fn word_len(len: usize) -> u32 {
+    len.min(u32::MAX as usize) as u32
+}
+
+fn slot_of(prefix: u64, len: usize, mask: usize) -> usize {
+    let h = (prefix ^ (len as u64).rotate_right(8)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as usize & mask
 }
 
 impl KeywordField {
     fn add(&mut self, keyword: &str, atom: AtomId) {
         let k = keyword.trim().to_ascii_lowercase();
-        if let Some(&first) = k.as_bytes().first()
-            && !is_word(first)
-        {
-            self.odd_starts[first as usize] = true;
-        }
         let i = *self.index.entry(k.clone()).or_insert_with(|| {
-            self.patterns.push(k);
+            self.patterns.push(k.into_bytes().into_boxed_slice());
             self.atoms.push(Vec::new());
             self.patterns.len() - 1
         });
@@ -127,72 +219,262 @@ impl KeywordField {
     }
 
     fn build(&mut self) -> std::result::Result<(), String> {
-        if !self.patterns.is_empty() {
-            let dfa = aho_corasick::dfa::DFA::builder()
-                .match_kind(MatchKind::Standard)
-                // Anchored only: it is started where a word starts, never slid over bytes.
-                .start_kind(aho_corasick::StartKind::Anchored)
-                .build(&self.patterns)
-                .map_err(|e| e.to_string())?;
-            let start = dfa
-                .start_state(aho_corasick::Anchored::Yes)
-                .map_err(|e| e.to_string())?;
-            self.start = start;
-            let ac = dfa;
-            self.automaton = Some(ac);
+        let mut by_first: Vec<(Box<[u8]>, Vec<u32>)> = Vec::new();
+        for (i, p) in self.patterns.iter().enumerate() {
+            let first_len = p.iter().take_while(|b| is_word(**b)).count();
+            if first_len == 0 {
+                // Non-empty: `field` refuses empty values.
+                self.odd.entry(p[0]).or_default().push(i as u32);
+                continue;
+            }
+            let first = &p[..first_len];
+            match by_first.iter_mut().find(|(w, _)| **w == *first) {
+                Some((_, ks)) => ks.push(i as u32),
+                None => by_first.push((first.into(), vec![i as u32])),
+            }
+        }
+        let capacity = (by_first.len() * 8).next_power_of_two().max(64);
+        let mask = capacity - 1;
+        self.slots = vec![Slot::default(); capacity];
+        for (word, keywords) in by_first {
+            self.lengths[word[0] as usize] |= 1 << word.len().min(63);
+            let prefix = word_prefix(&word, 0, word.len());
+            let mut s = slot_of(prefix, word.len(), mask);
+            while self.slots[s].index != 0 {
+                s = (s + 1) & mask;
+            }
+            self.firsts.push(FirstWord { word, keywords });
+            self.slots[s] = Slot {
+                prefix,
+                len: word_len(self.firsts.last().map_or(0, |f| f.word.len())),
+                index: self.firsts.len() as u32,
+            };
         }
         Ok(())
     }
 
-    /// Calls `hit` with the index of every keyword found as a whole word in `text`.
-    ///
-    /// A whole-word keyword can only start where a word starts, so the automaton is run
-    /// anchored from each word start (and from each byte a keyword may start with that is not
-    /// a word character) rather than over every byte: a few steps per word instead of one per
-    /// byte through the automaton.
-    fn scan(&self, text: &str, mut hit: impl FnMut(usize)) {
-        let Some(ac) = &self.automaton else { return };
-        // Patterns are ASCII-lower-cased; folding the text once is cheaper than a
-        // case-insensitive automaton.
-        let lower = text.as_bytes().to_ascii_lowercase();
-        let bytes = lower.as_slice();
-        let mut prev_word = false;
-        for (start, &b) in bytes.iter().enumerate() {
-            let word = is_word(b);
-            let candidate = if word {
-                !prev_word
-            } else {
-                self.odd_starts[b as usize]
-            };
-            prev_word = word;
-            if !candidate {
-                continue;
-            }
-            // Walk the DFA from here until it dies; report every keyword ending on the way.
-            let mut sid = self.start;
-            for (end, &byte) in bytes.iter().enumerate().skip(start) {
-                sid = ac.next_state(aho_corasick::Anchored::Yes, sid, byte);
-                if ac.is_special(sid) {
-                    if ac.is_dead(sid) {
-                        break;
-                    }
-                    for k in 0..ac.match_len(sid) {
-                        let pid = ac.match_pattern(sid, k);
-                        let from = end + 1 - ac.pattern_len(pid);
-                        if whole_word(bytes, from, end + 1) {
-                            hit(pid.as_usize());
+    /// Whether keyword `k` occurs at `at` of `text`, with a boundary after it (the boundary
+    /// before it is the caller's: a word start, or a keyword starting with punctuation).
+    fn matches_at(&self, k: u32, text: &[u8], at: usize) -> bool {
+        let p = &self.patterns[k as usize];
+        let end = at + p.len();
+        end <= text.len()
+            && text[at..end].eq_ignore_ascii_case(p)
+            && (end == text.len() || !is_word(p[p.len() - 1]) || !is_word(text[end]))
+    }
+
+    /// Calls `hit` with the index of every keyword found as a whole word in `text`, and
+    /// returns the PHI detectors the text calls for ([`PhiTriggers`]), found in the same pass.
+    fn scan(&self, text: &[u8], mut hit: impl FnMut(usize)) -> PhiTriggers {
+        let mut found = 0u8;
+        if !self.odd.is_empty() {
+            for (i, b) in text.iter().enumerate() {
+                if let Some(ks) = self.odd.get(b) {
+                    for &k in ks {
+                        if self.matches_at(k, text, i) {
+                            hit(k as usize);
                         }
                     }
                 }
             }
         }
+        let ascii = text.is_ascii();
+        let mask = self.slots.len().wrapping_sub(1);
+        for (start, end) in Words::new(text) {
+            let word = &text[start..end];
+            let prefix = word_prefix(text, start, end);
+            found |= PhiTriggers::word(prefix, text, end);
+            if !ascii && !word.is_ascii() {
+                // A regex `\b` also sits between a non-ASCII non-word character and an ASCII
+                // letter; try every ASCII position after a non-ASCII byte (a superset).
+                for p in start + 1..end {
+                    if text[p - 1] >= 0x80 && text[p].is_ascii_alphabetic() {
+                        found |= PhiTriggers::word_start(text, p);
+                    }
+                }
+            }
+            let len = word.len();
+            if self.lengths[word[0].to_ascii_lowercase() as usize] & (1 << len.min(63)) == 0 {
+                continue;
+            }
+            let mut s = slot_of(prefix, len, mask);
+            loop {
+                let slot = self.slots[s];
+                if slot.index == 0 {
+                    break;
+                }
+                if slot.prefix == prefix
+                    && slot.len == word_len(len)
+                    && (len <= 8
+                        || word.eq_ignore_ascii_case(&self.firsts[slot.index as usize - 1].word))
+                {
+                    let first = &self.firsts[slot.index as usize - 1];
+                    for &k in &first.keywords {
+                        if self.matches_at(k, text, start) {
+                            hit(k as usize);
+                        }
+                    }
+                    break;
+                }
+                s = (s + 1) & mask;
+            }
+        }
+        PhiTriggers::from_bits(found)
+    }
+}
+
+/// The words of a text (maximal runs of word bytes, see [`is_word`]) as `(start, end)`, in
+/// order. Found 64 bytes at a time from a bit mask of word bytes ([`word_mask`]): a few
+/// operations per byte and per word, no branch per byte.
+struct Words<'a> {
+    text: &'a [u8],
+    /// Where the next block starts.
+    next: usize,
+    /// The block being read: where it starts, its word starts and word ends not yet taken.
+    base: usize,
+    starts: u64,
+    ends: u64,
+    /// The start of a word whose end is not found yet.
+    open: Option<usize>,
+}
+
+impl<'a> Words<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        Words {
+            text,
+            next: 0,
+            base: 0,
+            starts: 0,
+            ends: 0,
+            open: None,
+        }
+    }
+}
+
+impl Iterator for Words<'_> {
+    type Item = (usize, usize);
+
+    #[inline]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        loop {
+            match self.open {
+                Some(s) if self.ends != 0 => {
+                    let e = self.base + self.ends.trailing_zeros() as usize;
+                    self.ends &= self.ends - 1;
+                    self.open = None;
+                    return Some((s, e));
+                }
+                None if self.starts != 0 => {
+                    self.open = Some(self.base + self.starts.trailing_zeros() as usize);
+                    self.starts &= self.starts - 1;
+                    continue;
+                }
+                _ => {}
+            }
+            // This block is used up: read the next one, or close the last word at the end.
+            if self.next >= self.text.len() {
+                return self.open.take().map(|s| (s, self.text.len()));
+            }
+            let chunk = &self.text[self.next..self.text.len().min(self.next + 64)];
+            let m = word_mask(chunk);
+            let carry = u64::from(self.open.is_some());
+            let valid = u64::MAX >> (64 - chunk.len());
+            self.base = self.next;
+            self.next += chunk.len();
+            self.starts = m & !((m << 1) | carry);
+            self.ends = !m & ((m << 1) | carry) & valid;
+        }
+    }
+}
+
+/// Bit `i` is set when `chunk[i]` is a word byte (`chunk` holds at most 64 bytes). Eight bytes
+/// at a time in a `u64` (SWAR): for a byte below 0x80, adding `0x80 - c` sets its top bit
+/// exactly when it is at least `c`, so each range test is an add and a mask.
+fn word_mask(chunk: &[u8]) -> u64 {
+    fn eight(v: u64) -> u64 {
+        let x = v & !TOP;
+        let at_least = |c: u8| (x + ONES * (0x80 - u64::from(c))) & TOP;
+        let digit = at_least(b'0') & !at_least(b'9' + 1);
+        let upper = at_least(b'A') & !at_least(b'Z' + 1);
+        let lower = at_least(b'a') & !at_least(b'z' + 1);
+        let underscore = !((x ^ (ONES * u64::from(b'_'))) + ONES * 0x7F) & TOP;
+        let word = (v & TOP) | digit | upper | lower | underscore;
+        // The top bit of each byte, gathered into the low eight bits.
+        ((word >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+    }
+    let mut m = 0u64;
+    let mut parts = chunk.chunks_exact(8);
+    let mut shift = 0;
+    for p in &mut parts {
+        let v = u64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]]);
+        m |= eight(v) << shift;
+        shift += 8;
+    }
+    for (j, &b) in parts.remainder().iter().enumerate() {
+        m |= u64::from(is_word(b)) << (shift + j);
+    }
+    m
+}
+
+/// Which of the PHI regexes a text calls for: each of the default patterns can only match
+/// where an ASCII word starts with its first letters (`MRN`, `ICD`, `DOB`, `D.`, `date`,
+/// `birth`, any case), so the keyword pass notes those starts and the regexes run only on the
+/// texts that have them. Found at a superset of the places a regex `\b` allows.
+#[derive(Default, Clone, Copy)]
+struct PhiTriggers {
+    mrn: bool,
+    icd10: bool,
+    dob: bool,
+}
+
+impl PhiTriggers {
+    const MRN: u8 = 1;
+    const ICD10: u8 = 2;
+    const DOB: u8 = 4;
+
+    fn from_bits(bits: u8) -> Self {
+        PhiTriggers {
+            mrn: bits & Self::MRN != 0,
+            icd10: bits & Self::ICD10 != 0,
+            dob: bits & Self::DOB != 0,
+        }
+    }
+
+    /// The detectors a word calls for, from its key ([`word_prefix`]) and where it ends.
+    #[inline]
+    fn word(prefix: u64, text: &[u8], end: usize) -> u8 {
+        const fn key(s: &[u8]) -> u64 {
+            let mut k = 0u64;
+            let mut i = 0;
+            while i < s.len() {
+                k |= (s[i] as u64) << (8 * i);
+                i += 1;
+            }
+            k
+        }
+        let three = prefix & 0xFF_FFFF;
+        let dob = three == key(b"dob")
+            || prefix & 0xFFFF_FFFF == key(b"date")
+            || prefix & 0xFF_FFFF_FFFF == key(b"birth")
+            // "D.O.B.": the word `d`, then a dot.
+            || (prefix == key(b"d") && text.get(end) == Some(&b'.'));
+        (u8::from(three == key(b"mrn")) * Self::MRN)
+            | (u8::from(three == key(b"icd")) * Self::ICD10)
+            | (u8::from(dob) * Self::DOB)
+    }
+
+    /// The same for a place inside a word (after a non-ASCII byte), read from the text.
+    fn word_start(text: &[u8], at: usize) -> u8 {
+        let end = at + text[at..].iter().take_while(|b| is_word(**b)).count();
+        Self::word(word_prefix(text, at, end), text, end)
     }
 }
 
 fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+    CLASS[b as usize] != 0
 }
 
+#[cfg(test)]
 /// Whether `[start, end)` is not glued to a word character on either side (edges of the match
 /// that are themselves non-word characters need no boundary).
 fn whole_word(text: &[u8], start: usize, end: usize) -> bool {
@@ -229,7 +511,10 @@ impl RegexField {
     }
 
     fn scan(&self, text: &str, bits: &mut Bits) {
-        if let Some(set) = &self.set {
+        // Most texts match none: `is_match` stops at the literal prefilter.
+        if let Some(set) = &self.set
+            && set.is_match(text)
+        {
             for i in set.matches(text).iter() {
                 bits.set(self.atoms[i]);
             }
@@ -256,8 +541,10 @@ impl Default for GlobField {
 
 impl GlobField {
     fn add(&mut self, glob: &str, atom: AtomId) -> std::result::Result<(), String> {
-        let g = GlobBuilder::new(glob)
-            .case_insensitive(true)
+        // Case-insensitive as both sides are lower-cased: globset matches case-insensitive
+        // globs with regexes, lower-case literal ones with its much faster literal strategies.
+        let g = GlobBuilder::new(&glob.to_lowercase())
+            .case_insensitive(false)
             .literal_separator(false)
             .build()
             .map_err(|e| e.to_string())?;
@@ -274,9 +561,15 @@ impl GlobField {
         Ok(())
     }
 
-    fn scan(&self, name: &str, bits: &mut Bits, scratch: &mut Vec<usize>) {
+    fn scan(&self, name: &str, bits: &mut Bits, scratch: &mut Vec<usize>, lower: &mut String) {
         if let Some(set) = &self.set {
-            set.matches_into(name, scratch);
+            lower.clear();
+            if name.is_ascii() {
+                lower.extend(name.bytes().map(|b| b.to_ascii_lowercase() as char));
+            } else {
+                lower.extend(name.chars().flat_map(char::to_lowercase));
+            }
+            set.matches_into(lower.as_str(), scratch);
             for i in scratch.iter() {
                 bits.set(self.atoms[*i]);
             }
@@ -286,7 +579,7 @@ impl GlobField {
 
 /// Exact lookups (addresses, domains, labels), lower-cased.
 #[derive(Default)]
-struct LookupField(HashMap<String, Vec<AtomId>>);
+struct LookupField(foldhash::HashMap<String, Vec<AtomId>>);
 
 impl LookupField {
     fn add(&mut self, key: &str, atom: AtomId) {
@@ -326,6 +619,27 @@ impl LookupField {
     }
 }
 
+/// The domains of one message already looked up in a field (the first eight; a ninth and
+/// later are looked up again, which gives the same answer).
+#[derive(Default)]
+struct Domains<'a> {
+    seen: [&'a str; 8],
+    len: usize,
+}
+
+impl<'a> Domains<'a> {
+    fn first_time(&mut self, domain: &'a str) -> bool {
+        if self.seen[..self.len].contains(&domain) {
+            return false;
+        }
+        if self.len < self.seen.len() {
+            self.seen[self.len] = domain;
+            self.len += 1;
+        }
+        true
+    }
+}
+
 /// One compiled rule.
 struct Rule {
     id: Arc<str>,
@@ -346,18 +660,29 @@ const EXCERPT: u8 = 2;
 
 /// The PHI detector: MRN patterns (with capture group), ICD-10 codes and dates of birth.
 /// Patient-care terms are found by the keyword automata (the [`PATIENT_TERM`] effect).
-/// Each pattern is its own `Regex` so each gets its own literal prefilter: most text is
-/// skipped at memchr speed, where a `RegexSet` would walk every byte through one DFA.
+/// Each pattern is its own `Regex` so each gets its own literal prefilter. The default patterns
+/// run only when the keyword pass saw a word they can start with ([`PhiTriggers`]); patterns
+/// an organisation writes itself always run.
 struct Phi {
-    mrn: Vec<Regex>,
+    /// Each MRN pattern, and whether it is the default one (run only on an `MRN` word).
+    mrn: Vec<(Regex, bool)>,
     /// Codes labelled "ICD-10"; `Some` when ICD-10 detection is on.
     icd10: Option<Regex>,
     dob: Option<Regex>,
 }
 
 impl Phi {
-    fn scan(&self, text: &str, phi: &mut PhiIndicators, refs: &mut Vec<String>) {
-        for re in &self.mrn {
+    fn scan(
+        &self,
+        text: &str,
+        triggers: PhiTriggers,
+        phi: &mut PhiIndicators,
+        refs: &mut Vec<String>,
+    ) {
+        for (re, default) in &self.mrn {
+            if *default && !triggers.mrn {
+                continue;
+            }
             for c in re.captures_iter(text) {
                 phi.mrn = true;
                 if let Some(g) = c.get(1) {
@@ -370,14 +695,27 @@ impl Phi {
         }
         if !phi.icd10
             && let Some(labelled) = &self.icd10
-            && (has_dotted_icd10(text.as_bytes()) || labelled.is_match(text))
+            && (has_dotted_icd10(text.as_bytes()) || (triggers.icd10 && labelled.is_match(text)))
         {
             phi.icd10 = true;
         }
-        if !phi.dob && self.dob.as_ref().is_some_and(|re| re.is_match(text)) {
+        if !phi.dob && triggers.dob && self.dob.as_ref().is_some_and(|re| re.is_match(text)) {
             phi.dob = true;
         }
     }
+}
+
+/// Buffers [`Classifier::classify`] reuses from one message to the next on a thread.
+#[derive(Default)]
+struct Scratch {
+    bits: Bits,
+    candidates: Vec<u32>,
+    globs: Vec<usize>,
+    name: String,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// The compiled classifier.
@@ -696,7 +1034,26 @@ impl Classifier {
 
     /// Classifies one message. Deterministic: the same message and policy give the same result.
     pub fn classify(&self, m: &MailMessage, policy_version: &Arc<str>) -> Classification {
-        let mut bits = Bits::new(self.atom_count);
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => self.classify_with(m, policy_version, &mut scratch),
+            // Only if a classification ever ran inside another on this thread.
+            Err(_) => self.classify_with(m, policy_version, &mut Scratch::default()),
+        })
+    }
+
+    fn classify_with(
+        &self,
+        m: &MailMessage,
+        policy_version: &Arc<str>,
+        scratch: &mut Scratch,
+    ) -> Classification {
+        let Scratch {
+            bits,
+            candidates,
+            globs: scratch,
+            name,
+        } = scratch;
+        bits.reset(self.atom_count);
         let mut phi = PhiIndicators::default();
         let mut refs = Vec::new();
 
@@ -706,8 +1063,7 @@ impl Classifier {
             if text.is_empty() {
                 continue;
             }
-            self.phi.scan(text, &mut phi, &mut refs);
-            keywords.scan(text, |i| {
+            let triggers = keywords.scan(text.as_bytes(), |i| {
                 for &a in &keywords.atoms[i] {
                     if a == PATIENT_TERM {
                         phi.patient_terms = true;
@@ -716,36 +1072,45 @@ impl Classifier {
                     }
                 }
             });
+            self.phi.scan(text, triggers, &mut phi, &mut refs);
         }
 
+        // Most mail is among a few domains (often one): each is looked up once per field.
+        let mut participants = Domains::default();
+        let mut recipients = Domains::default();
         if let Some(from) = &m.from {
-            self.from.scan(&from.address, &mut bits);
+            self.from.scan(&from.address, bits);
             if let Some(d) = from.domain() {
-                self.from_domain.scan_domain(d, &mut bits);
-                self.participant_domain.scan_domain(d, &mut bits);
+                self.from_domain.scan_domain(d, bits);
+                if participants.first_time(d) {
+                    self.participant_domain.scan_domain(d, bits);
+                }
             }
         }
         for r in m.recipients() {
-            self.to.scan(&r.address, &mut bits);
+            self.to.scan(&r.address, bits);
             if let Some(d) = r.domain() {
-                self.to_domain.scan_domain(d, &mut bits);
-                self.participant_domain.scan_domain(d, &mut bits);
+                if recipients.first_time(d) {
+                    self.to_domain.scan_domain(d, bits);
+                }
+                if participants.first_time(d) {
+                    self.participant_domain.scan_domain(d, bits);
+                }
             }
         }
         for l in &m.labels {
-            self.labels.scan(l, &mut bits);
+            self.labels.scan(l, bits);
         }
-        let mut scratch = Vec::new();
-        self.mailbox.scan(&m.mailbox, &mut bits, &mut scratch);
+        self.mailbox.scan(&m.mailbox, bits, scratch, name);
         if let Some(c) = &m.custodian {
-            self.mailbox.scan(c, &mut bits, &mut scratch);
+            self.mailbox.scan(c, bits, scratch, name);
         }
         if let Some(f) = &m.folder {
-            self.folder.scan(f, &mut bits, &mut scratch);
+            self.folder.scan(f, bits, scratch, name);
         }
         for a in &m.attachments {
             if !a.name.is_empty() {
-                self.attachment_name.scan(&a.name, &mut bits, &mut scratch);
+                self.attachment_name.scan(&a.name, bits, scratch, name);
             }
             for (t, atom) in &self.attachment_type {
                 if media_type_matches(t, &a.media_type) {
@@ -787,14 +1152,15 @@ impl Classifier {
             }
         }
         if need & SUBJECT != 0 && !subject.is_empty() {
-            self.subject_re.scan(subject, &mut bits);
+            self.subject_re.scan(subject, bits);
         }
         if need & EXCERPT != 0 && !excerpt.is_empty() {
-            self.excerpt_re.scan(excerpt, &mut bits);
+            self.excerpt_re.scan(excerpt, bits);
         }
 
         // The rules that could match, in precedence order.
-        let mut candidates: Vec<u32> = self.unkeyed.clone();
+        candidates.clear();
+        candidates.extend_from_slice(&self.unkeyed);
         for &a in &bits.list {
             candidates.extend_from_slice(&self.keyed[a as usize]);
         }
@@ -854,10 +1220,10 @@ impl Classifier {
         ];
         for (text, keywords) in fields {
             let Some(text) = text else { continue };
-            self.phi.scan(text, &mut phi, &mut refs);
-            keywords.scan(text, |i| {
+            let triggers = keywords.scan(text.as_bytes(), |i| {
                 phi.patient_terms |= keywords.atoms[i].contains(&PATIENT_TERM)
             });
+            self.phi.scan(text, triggers, &mut phi, &mut refs);
         }
         (phi, refs)
     }
@@ -918,7 +1284,7 @@ fn compile_phi(doc: &MergedDoc) -> Result<Phi> {
                 "needs a capture group around the number, e.g. MRN[: ]*([0-9]{6,10})".to_owned(),
             ));
         }
-        mrn.push(re);
+        mrn.push((re, p == DEFAULT_MRN_PATTERN));
     }
     let compile = |field: &str, pattern: &str| {
         Regex::new(pattern).map_err(|e| invalid(field, format!("invalid regex: {e}")))
@@ -979,6 +1345,160 @@ fn patient_terms(doc: &MergedDoc) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of text that exercise word edges, case, punctuation and non-ASCII bytes.
+    const PIECES: &[&str] = &[
+        "baa",
+        "BAA",
+        "Baal",
+        "lab result",
+        "lab results",
+        "dx",
+        "DX",
+        "accepted:",
+        "#tag",
+        ".net",
+        "alpha-3",
+        "ALPHA-3x",
+        "project alpha-12",
+        "a_b",
+        "_",
+        " ",
+        "  ",
+        ", ",
+        "(",
+        ")",
+        ".",
+        "-",
+        "\n",
+        "é",
+        "Café",
+        "CAFÉ",
+        "«",
+        "»",
+        "\u{a0}",
+        "0",
+        "42",
+        "x",
+        "MRN 1234567",
+        "mrn#12345678",
+        "MRN12345678",
+        "«MRN 7654321",
+        "DOB: 01/02/1990",
+        "d.o.b. 3/4/1950",
+        "Date of Birth 1/1/2001",
+        "birthdate 2000-01-01",
+        "birth date Jan 5, 1999",
+        "ICD-10: I10",
+        "icd10 code E11",
+        "E11.9",
+        "xICD-10: I10",
+        "_DOB 1/1/2000",
+        "éDOB 1/1/2000",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..40).prop_map(|p| p.concat())
+    }
+
+    fn field(keywords: &[&str]) -> KeywordField {
+        let mut f = KeywordField::default();
+        for (i, k) in keywords.iter().enumerate() {
+            f.add(k, i as AtomId);
+        }
+        f.build().unwrap();
+        f
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The word-table scan finds exactly the keywords a naive search finds: every
+        /// position where the lower-cased text holds the keyword with word boundaries.
+        #[test]
+        fn keyword_scan_matches_a_naive_search(text in text()) {
+            let keywords = [
+                "baa", "lab result", "lab results", "dx", "accepted:", "#tag", ".net", "alpha-3",
+                "project alpha-12", "a_b", "café", "_", "42", "x", "mrn", "dob",
+                "a-very-long-first-word", "longerthaneight",
+            ];
+            let f = field(&keywords);
+            let mut found = std::collections::BTreeSet::new();
+            f.scan(text.as_bytes(), |i| { found.insert(i); });
+            let lower = text.as_bytes().to_ascii_lowercase();
+            let mut want = std::collections::BTreeSet::new();
+            for (i, k) in f.patterns.iter().enumerate() {
+                for at in 0..lower.len() {
+                    if lower[at..].starts_with(k) && whole_word(&lower, at, at + k.len()) {
+                        want.insert(i);
+                    }
+                }
+            }
+            prop_assert_eq!(found, want);
+        }
+
+        /// Running the default PHI regexes only when the scan saw their first letters finds
+        /// the same as running them always.
+        #[test]
+        fn phi_triggers_never_skip_a_match(text in text()) {
+            let doc = crate::doc::MergedDoc::default();
+            let phi = compile_phi(&doc).unwrap();
+            let f = field(&["patient"]);
+            let triggers = f.scan(text.as_bytes(), |_| {});
+            let all = PhiTriggers { mrn: true, icd10: true, dob: true };
+            let (mut a, mut b) = (PhiIndicators::default(), PhiIndicators::default());
+            let (mut ra, mut rb) = (Vec::new(), Vec::new());
+            phi.scan(&text, triggers, &mut a, &mut ra);
+            phi.scan(&text, all, &mut b, &mut rb);
+            prop_assert_eq!((a.mrn, a.icd10, a.dob, ra), (b.mrn, b.icd10, b.dob, rb));
+        }
+
+        /// The eight-bytes-at-a-time word mask agrees with [`is_word`] on every byte.
+        #[test]
+        fn word_mask_agrees_with_is_word(bytes in prop::collection::vec(any::<u8>(), 0..=64)) {
+            let m = word_mask(&bytes);
+            for (i, b) in bytes.iter().enumerate() {
+                prop_assert_eq!(m >> i & 1 == 1, is_word(*b), "byte {} at {}", b, i);
+            }
+            if bytes.len() < 64 {
+                prop_assert_eq!(m >> bytes.len(), 0);
+            }
+        }
+
+        /// The eight-at-a-time lower-casing agrees with `to_ascii_lowercase`.
+        #[test]
+        fn word_prefix_lower_cases_the_first_eight_bytes(bytes in prop::collection::vec(any::<u8>(), 0..12)) {
+            let mut want = [0u8; 8];
+            for (w, b) in want.iter_mut().zip(&bytes) {
+                *w = b.to_ascii_lowercase();
+            }
+            prop_assert_eq!(word_prefix(&bytes, 0, bytes.len()), u64::from_le_bytes(want));
+            // A word inside a longer text: only its own bytes count.
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(b"XYZXYZXYZ");
+            prop_assert_eq!(word_prefix(&longer, 0, bytes.len()), u64::from_le_bytes(want));
+        }
+
+        /// Words found 64 bytes at a time are the maximal runs of word bytes.
+        #[test]
+        fn words_are_maximal_runs(bytes in prop::collection::vec(
+            prop::sample::select(&[b'a', b' ', b'_', 0xC3, b'.', b'9'][..]), 0..300)) {
+            let got: Vec<_> = Words::new(&bytes).collect();
+            let mut want = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if is_word(bytes[i]) {
+                    let s = i;
+                    while i < bytes.len() && is_word(bytes[i]) { i += 1; }
+                    want.push((s, i));
+                } else {
+                    i += 1;
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn whole_words_only() {
