@@ -267,6 +267,7 @@ impl KeywordField {
     /// returns the PHI detectors the text calls for ([`PhiTriggers`]), found in the same pass.
     fn scan(&self, text: &[u8], mut hit: impl FnMut(usize)) -> PhiTriggers {
         let mut found = 0u8;
+        let mut mrn = MrnStarts::default();
         if !self.odd.is_empty() {
             for (i, b) in text.iter().enumerate() {
                 if let Some(ks) = self.odd.get(b) {
@@ -283,13 +284,21 @@ impl KeywordField {
         for (start, end) in Words::new(text) {
             let word = &text[start..end];
             let prefix = word_prefix(text, start, end);
-            found |= PhiTriggers::word(prefix, text, end);
+            let f = PhiTriggers::word(prefix, text, end);
+            if f & PhiTriggers::MRN != 0 {
+                mrn.push(start);
+            }
+            found |= f;
             if !ascii && !word.is_ascii() {
                 // A regex `\b` also sits between a non-ASCII non-word character and an ASCII
                 // letter; try every ASCII position after a non-ASCII byte (a superset).
                 for p in start + 1..end {
                     if text[p - 1] >= 0x80 && text[p].is_ascii_alphabetic() {
-                        found |= PhiTriggers::word_start(text, p);
+                        let f = PhiTriggers::word_start(text, p);
+                        if f & PhiTriggers::MRN != 0 {
+                            mrn.push(p);
+                        }
+                        found |= f;
                     }
                 }
             }
@@ -319,7 +328,7 @@ impl KeywordField {
                 s = (s + 1) & mask;
             }
         }
-        PhiTriggers::from_bits(found)
+        PhiTriggers::from_bits(found, mrn)
     }
 }
 
@@ -425,6 +434,28 @@ struct PhiTriggers {
     mrn: bool,
     icd10: bool,
     dob: bool,
+    /// Where the words starting with `MRN` start, for [`default_mrns`].
+    mrn_starts: MrnStarts,
+}
+
+/// The first few places an `MRN` word starts (more than fit: `overflow`, and the regex runs).
+#[derive(Default, Clone, Copy)]
+struct MrnStarts {
+    at: [usize; 4],
+    len: usize,
+    overflow: bool,
+}
+
+impl MrnStarts {
+    fn push(&mut self, at: usize) {
+        match self.at.get_mut(self.len) {
+            Some(slot) => {
+                *slot = at;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
 }
 
 impl PhiTriggers {
@@ -432,11 +463,12 @@ impl PhiTriggers {
     const ICD10: u8 = 2;
     const DOB: u8 = 4;
 
-    fn from_bits(bits: u8) -> Self {
+    fn from_bits(bits: u8, mrn_starts: MrnStarts) -> Self {
         PhiTriggers {
             mrn: bits & Self::MRN != 0,
             icd10: bits & Self::ICD10 != 0,
             dob: bits & Self::DOB != 0,
+            mrn_starts,
         }
     }
 
@@ -679,17 +711,29 @@ impl Phi {
         phi: &mut PhiIndicators,
         refs: &mut Vec<String>,
     ) {
+        let mut found = |phi: &mut PhiIndicators, number: &str| {
+            phi.mrn = true;
+            if !refs.iter().any(|r| r == number) {
+                refs.push(number.to_owned());
+            }
+        };
         for (re, default) in &self.mrn {
-            if *default && !triggers.mrn {
-                continue;
+            if *default {
+                if !triggers.mrn {
+                    continue;
+                }
+                if let Some(numbers) = default_mrns(text.as_bytes(), &triggers.mrn_starts) {
+                    for (from, to) in numbers.iter().flatten() {
+                        found(phi, &text[*from..*to]);
+                    }
+                    continue;
+                }
             }
             for c in re.captures_iter(text) {
-                phi.mrn = true;
                 if let Some(g) = c.get(1) {
-                    let s = g.as_str();
-                    if !refs.iter().any(|r| r == s) {
-                        refs.push(s.to_owned());
-                    }
+                    found(phi, g.as_str());
+                } else {
+                    phi.mrn = true;
                 }
             }
         }
@@ -703,6 +747,70 @@ impl Phi {
             phi.dob = true;
         }
     }
+}
+
+/// The numbers [`DEFAULT_MRN_PATTERN`] captures in `text`, found by hand from the places an
+/// `MRN` word starts (the pattern can start nowhere else): `MRN`, optional spaces, optionally
+/// `#`, `:`, `no.`, `no` or `number`, optional spaces, then 6-10 digits ending a word. `None`
+/// when that cannot be told without Unicode rules (a non-ASCII character next to the match, or
+/// more starts than were kept): then the regex decides.
+fn default_mrns(text: &[u8], starts: &MrnStarts) -> Option<[Option<(usize, usize)>; 4]> {
+    if starts.overflow {
+        return None;
+    }
+    let mut out = [None; 4];
+    let mut after = 0;
+    for (slot, &at) in out.iter_mut().zip(&starts.at[..starts.len]) {
+        if at < after {
+            continue;
+        }
+        if at > 0 && text[at - 1] >= 0x80 {
+            return None;
+        }
+        let spaces = |mut i: usize| -> Option<usize> {
+            while let Some(&b) = text.get(i) {
+                match b {
+                    b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C => i += 1,
+                    // Unicode white space (no-break space, ...) is the regex's call.
+                    0x80.. => return None,
+                    _ => break,
+                }
+            }
+            Some(i)
+        };
+        let after_mrn = spaces(at + 3)?;
+        // The alternatives in the pattern's order: the first that leads to a number wins.
+        let mut number = None;
+        for marker in [&b"#"[..], b":", b"no.", b"no", b"number", b""] {
+            let end = after_mrn + marker.len();
+            if !text
+                .get(after_mrn..end)
+                .is_some_and(|t| t.eq_ignore_ascii_case(marker))
+            {
+                continue;
+            }
+            let from = spaces(end)?;
+            let digits = text[from..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let to = from + digits;
+            match text.get(to) {
+                Some(0x80..) => return None,
+                Some(&b) if is_word(b) => continue,
+                _ => {}
+            }
+            if (6..=10).contains(&digits) {
+                number = Some((from, to));
+                break;
+            }
+        }
+        if let Some((from, to)) = number {
+            *slot = Some((from, to));
+            after = to;
+        }
+    }
+    Some(out)
 }
 
 /// Buffers [`Classifier::classify`] reuses from one message to the next on a thread.
@@ -1396,6 +1504,22 @@ mod tests {
         "xICD-10: I10",
         "_DOB 1/1/2000",
         "éDOB 1/1/2000",
+        "MRN no. 12345678",
+        "mrn No 1234567",
+        "MRN number 123456",
+        "MRN:123456789",
+        "MRN # 0123456",
+        "MRN 12345",
+        "MRN 12345678901",
+        "MRN\u{a0}1234567",
+        "MRN 1234567\u{e9}",
+        "MRN nope 1234567",
+        "MRN  \t 123456",
+        "MRNno1234567",
+        "mrn:",
+        "1234567",
+        "MRN 1234567_",
+        "MRN 1234567x",
     ];
 
     fn text() -> impl Strategy<Value = String> {
@@ -1446,7 +1570,12 @@ mod tests {
             let phi = compile_phi(&doc).unwrap();
             let f = field(&["patient"]);
             let triggers = f.scan(text.as_bytes(), |_| {});
-            let all = PhiTriggers { mrn: true, icd10: true, dob: true };
+            let all = PhiTriggers {
+                mrn: true,
+                icd10: true,
+                dob: true,
+                mrn_starts: MrnStarts { overflow: true, ..MrnStarts::default() },
+            };
             let (mut a, mut b) = (PhiIndicators::default(), PhiIndicators::default());
             let (mut ra, mut rb) = (Vec::new(), Vec::new());
             phi.scan(&text, triggers, &mut a, &mut ra);
