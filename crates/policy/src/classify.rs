@@ -174,8 +174,11 @@ struct KeywordField {
     atoms: Vec<Vec<AtomId>>,
     index: HashMap<String, usize>,
     /// Bit `min(len, 63)` of entry `b` is set when some first word starts with byte `b` and
-    /// has that length: most words are thrown out by this one load.
+    /// has that length.
     lengths: Box<[u64; 256]>,
+    /// The same by the word's first byte in either case, with every length of the letters a
+    /// default PHI pattern starts with ([`PhiTriggers`]): the words worth a closer look.
+    wanted: Box<[u64; 256]>,
     /// Open addressing by [`slot_of`], linear probing.
     slots: Vec<Slot>,
     firsts: Vec<FirstWord>,
@@ -190,6 +193,7 @@ impl Default for KeywordField {
             atoms: Vec::new(),
             index: HashMap::new(),
             lengths: Box::new([0; 256]),
+            wanted: Box::new(PhiTriggers::wanted()),
             slots: vec![Slot::default()],
             firsts: Vec::new(),
             odd: HashMap::new(),
@@ -237,7 +241,10 @@ impl KeywordField {
         let mask = capacity - 1;
         self.slots = vec![Slot::default(); capacity];
         for (word, keywords) in by_first {
-            self.lengths[word[0] as usize] |= 1 << word.len().min(63);
+            let bit = 1 << word.len().min(63);
+            self.lengths[word[0] as usize] |= bit;
+            self.wanted[word[0] as usize] |= bit;
+            self.wanted[word[0].to_ascii_uppercase() as usize] |= bit;
             let prefix = word_prefix(&word, 0, word.len());
             let mut s = slot_of(prefix, word.len(), mask);
             while self.slots[s].index != 0 {
@@ -283,12 +290,6 @@ impl KeywordField {
         let mask = self.slots.len().wrapping_sub(1);
         for (start, end) in Words::new(text) {
             let word = &text[start..end];
-            let prefix = word_prefix(text, start, end);
-            let f = PhiTriggers::word(prefix, text, end);
-            if f & PhiTriggers::MRN != 0 {
-                mrn.push(start);
-            }
-            found |= f;
             if !ascii && !word.is_ascii() {
                 // A regex `\b` also sits between a non-ASCII non-word character and an ASCII
                 // letter; try every ASCII position after a non-ASCII byte (a superset).
@@ -303,6 +304,16 @@ impl KeywordField {
                 }
             }
             let len = word.len();
+            // Most words start no keyword and no PHI pattern: one load tells.
+            if self.wanted[word[0] as usize] & (1 << len.min(63)) == 0 {
+                continue;
+            }
+            let prefix = word_prefix(text, start, end);
+            let f = PhiTriggers::word(prefix, text, end);
+            if f & PhiTriggers::MRN != 0 {
+                mrn.push(start);
+            }
+            found |= f;
             if self.lengths[word[0].to_ascii_lowercase() as usize] & (1 << len.min(63)) == 0 {
                 continue;
             }
@@ -470,6 +481,17 @@ impl PhiTriggers {
             dob: bits & Self::DOB != 0,
             mrn_starts,
         }
+    }
+
+    /// Words starting with these letters (either case), whatever their length, may start a
+    /// default PHI pattern.
+    fn wanted() -> [u64; 256] {
+        let mut t = [0u64; 256];
+        for b in [b'm', b'i', b'd', b'b'] {
+            t[b as usize] = u64::MAX;
+            t[b.to_ascii_uppercase() as usize] = u64::MAX;
+        }
+        t
     }
 
     /// The detectors a word calls for, from its key ([`word_prefix`]) and where it ends.

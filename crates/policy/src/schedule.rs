@@ -6,6 +6,7 @@
 //! pending. What the policy cannot decide safely (no jurisdiction, no rule for the state, an
 //! unknown category) becomes an explicit indefinite or pending outcome, never a date.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -256,7 +257,9 @@ impl Scheduler {
         events: &[RetentionEvent],
         policy_version: &Arc<str>,
     ) -> RetentionDecision {
-        let mut outcomes = Vec::new();
+        // Room for what most records get (federal, state and program obligations), so the
+        // list is allocated once.
+        let mut outcomes = Vec::with_capacity(8);
         let category = record.category;
         if category.is_unclassified() {
             outcomes.push(self.synthetic.unclassified.clone());
@@ -267,10 +270,10 @@ impl Scheduler {
             return combine(outcomes, policy_version);
         };
 
-        let (jurisdiction, holder) = self.effective(facts);
+        let (jurisdiction, holder) = self.effective_borrowed(facts);
         let mut anchors = anchors(record.created, facts, events);
         anchors.majority = jurisdiction
-            .as_ref()
+            .as_deref()
             .and_then(|j| self.majority.get(j))
             .copied()
             .unwrap_or(self.default_majority);
@@ -288,7 +291,7 @@ impl Scheduler {
                         holder_needed = true;
                         return false;
                     }
-                    Some(h) if !o.holders.contains(h) => return false,
+                    Some(h) if !o.holders.iter().any(|x| x == h) => return false,
                     Some(_) => {}
                 }
             }
@@ -317,7 +320,12 @@ impl Scheduler {
             )),
             None => {}
             Some(j) => {
-                for &i in index.by_state.get(j).map(Vec::as_slice).unwrap_or_default() {
+                for &i in index
+                    .by_state
+                    .get(j.as_ref())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
                     state_applied |= consider(i, &mut outcomes);
                 }
             }
@@ -352,9 +360,21 @@ impl Scheduler {
     /// The jurisdiction (upper case) and record holder (lower case) a record is scheduled
     /// under: its facts, else the policy's defaults.
     pub fn effective(&self, facts: &Facts) -> (Option<String>, Option<String>) {
+        let (j, h) = self.effective_borrowed(facts);
+        (j.map(Cow::into_owned), h.map(Cow::into_owned))
+    }
+
+    /// [`Scheduler::effective`], copying only what needs its case changed (most facts are
+    /// already written `CO` and `hospital`).
+    fn effective_borrowed<'a>(
+        &'a self,
+        facts: &'a Facts,
+    ) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
         (
-            upper(facts.jurisdiction.as_deref()).or_else(|| self.default_jurisdiction.clone()),
-            lower(facts.record_holder.as_deref()).or_else(|| self.default_holder.clone()),
+            upper(facts.jurisdiction.as_deref())
+                .or_else(|| self.default_jurisdiction.as_deref().map(Cow::Borrowed)),
+            lower(facts.record_holder.as_deref())
+                .or_else(|| self.default_holder.as_deref().map(Cow::Borrowed)),
         )
     }
 
@@ -368,16 +388,20 @@ fn valid_jurisdiction(j: &str) -> bool {
     j.len() == 2 && j.bytes().all(|b| b.is_ascii_uppercase())
 }
 
-fn upper(s: Option<&str>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_ascii_uppercase)
+fn upper(s: Option<&str>) -> Option<Cow<'_, str>> {
+    let s = s.map(str::trim).filter(|s| !s.is_empty())?;
+    Some(match s.bytes().any(|b| b.is_ascii_lowercase()) {
+        true => Cow::Owned(s.to_ascii_uppercase()),
+        false => Cow::Borrowed(s),
+    })
 }
 
-fn lower(s: Option<&str>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_ascii_lowercase)
+fn lower(s: Option<&str>) -> Option<Cow<'_, str>> {
+    let s = s.map(str::trim).filter(|s| !s.is_empty())?;
+    Some(match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(s.to_ascii_lowercase()),
+        false => Cow::Borrowed(s),
+    })
 }
 
 /// The anchor dates for a record from its creation, facts and events.
