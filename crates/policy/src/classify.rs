@@ -581,6 +581,30 @@ struct GlobField {
     builder: GlobSetBuilder,
     atoms: Vec<AtomId>,
     set: Option<GlobSet>,
+    /// Tells this field's answers apart in a thread's [`GlobCache`] (unique in the process).
+    id: u64,
+}
+
+/// The last answers of the glob fields, by field and name. A mailbox has a few dozen folder
+/// names and an organisation a few thousand mailboxes, so most names were matched before;
+/// globset builds a candidate path and runs its matchers for each, which costs several times
+/// a hash and a compare. Direct-mapped: a name that lands on a taken entry replaces it.
+#[derive(Default)]
+struct GlobCache {
+    entries: Vec<GlobEntry>,
+    lower: String,
+}
+
+#[derive(Default)]
+struct GlobEntry {
+    /// The field's id; 0 for an empty entry.
+    field: u64,
+    name: String,
+    matches: Vec<usize>,
+}
+
+impl GlobCache {
+    const ENTRIES: usize = 256;
 }
 
 impl Default for GlobField {
@@ -589,6 +613,7 @@ impl Default for GlobField {
             builder: GlobSetBuilder::new(),
             atoms: Vec::new(),
             set: None,
+            id: 0,
         }
     }
 }
@@ -611,22 +636,37 @@ impl GlobField {
         if !self.atoms.is_empty() {
             let b = std::mem::replace(&mut self.builder, GlobSetBuilder::new());
             self.set = Some(b.build().map_err(|e| e.to_string())?);
+            static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            self.id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn scan(&self, name: &str, bits: &mut Bits, scratch: &mut Vec<usize>, lower: &mut String) {
-        if let Some(set) = &self.set {
+    fn scan(&self, name: &str, bits: &mut Bits, cache: &mut GlobCache) {
+        let Some(set) = &self.set else { return };
+        let GlobCache { entries, lower } = cache;
+        if entries.is_empty() {
+            entries.resize_with(GlobCache::ENTRIES, GlobEntry::default);
+        }
+        let hash = std::hash::BuildHasher::hash_one(
+            &foldhash::fast::FixedState::with_seed(0),
+            (self.id, name),
+        );
+        let entry = &mut entries[hash as usize % GlobCache::ENTRIES];
+        if entry.field != self.id || entry.name != name {
             lower.clear();
             if name.is_ascii() {
                 lower.extend(name.bytes().map(|b| b.to_ascii_lowercase() as char));
             } else {
                 lower.extend(name.chars().flat_map(char::to_lowercase));
             }
-            set.matches_into(lower.as_str(), scratch);
-            for i in scratch.iter() {
-                bits.set(self.atoms[*i]);
-            }
+            set.matches_into(lower.as_str(), &mut entry.matches);
+            entry.field = self.id;
+            entry.name.clear();
+            entry.name.push_str(name);
+        }
+        for i in &entry.matches {
+            bits.set(self.atoms[*i]);
         }
     }
 }
@@ -840,8 +880,7 @@ fn default_mrns(text: &[u8], starts: &MrnStarts) -> Option<[Option<(usize, usize
 struct Scratch {
     bits: Bits,
     candidates: Vec<u32>,
-    globs: Vec<usize>,
-    name: String,
+    globs: GlobCache,
 }
 
 thread_local! {
@@ -1180,8 +1219,7 @@ impl Classifier {
         let Scratch {
             bits,
             candidates,
-            globs: scratch,
-            name,
+            globs,
         } = scratch;
         bits.reset(self.atom_count);
         let mut phi = PhiIndicators::default();
@@ -1231,16 +1269,16 @@ impl Classifier {
         for l in &m.labels {
             self.labels.scan(l, bits);
         }
-        self.mailbox.scan(&m.mailbox, bits, scratch, name);
+        self.mailbox.scan(&m.mailbox, bits, globs);
         if let Some(c) = &m.custodian {
-            self.mailbox.scan(c, bits, scratch, name);
+            self.mailbox.scan(c, bits, globs);
         }
         if let Some(f) = &m.folder {
-            self.folder.scan(f, bits, scratch, name);
+            self.folder.scan(f, bits, globs);
         }
         for a in &m.attachments {
             if !a.name.is_empty() {
-                self.attachment_name.scan(&a.name, bits, scratch, name);
+                self.attachment_name.scan(&a.name, bits, globs);
             }
             for (t, atom) in &self.attachment_type {
                 if media_type_matches(t, &a.media_type) {
@@ -1555,6 +1593,30 @@ mod tests {
         }
         f.build().unwrap();
         f
+    }
+
+    /// The glob answers a thread keeps are per policy and per field: the same name, read by
+    /// two policies and as a folder and a mailbox, gets each one's own answer.
+    #[test]
+    fn glob_answers_are_kept_per_policy_and_field() {
+        let policy = |folder: &str| {
+            let text = format!(
+                "[policy]\nname = \"t\"\n\n[[rule]]\nid = \"org.folder\"\ncategory = \"quality_improvement\"\npriority = 900\nwhen.folder = [\"{folder}\"]\n"
+            );
+            crate::Policy::from_sources(&[("t.toml", &text)]).unwrap()
+        };
+        let (qi, other) = (policy("Inbox/QI*"), policy("Inbox/Other*"));
+        let mut m = MailMessage::new("1@x.example", "inbox/qi/team1");
+        m.folder = Some("INBOX/QI/Team1".into());
+        for _ in 0..3 {
+            assert_eq!(qi.classify(&m).rule.as_deref(), Some("org.folder"));
+            assert_ne!(other.classify(&m).rule.as_deref(), Some("org.folder"));
+        }
+        // The mailbox has the folder's name, but only the folder field has the glob.
+        m.folder = Some("Inbox".into());
+        assert_ne!(qi.classify(&m).rule.as_deref(), Some("org.folder"));
+        m.folder = Some("Inbox/QI/x".into());
+        assert_eq!(qi.classify(&m).rule.as_deref(), Some("org.folder"));
     }
 
     proptest! {
