@@ -2,8 +2,10 @@
 //! the text, not with the number of rules.
 //!
 //! Every field condition of every rule (`when` and `unless`) becomes one *atom* (a bit). For a
-//! message: one keyword automaton per text field (all rules' keywords and the patient-care
-//! terms, walked from word starts), the PHI detectors, one `GlobSet` per name field and hash
+//! message: one pass over each text field cuts it into words (64 bytes at a time) and looks
+//! each word up in a table of the keywords' first words (all rules' keywords and the
+//! patient-care terms), noting on the way where the default PHI patterns could start; the PHI
+//! detectors run only there; one `GlobSet` per name field (answers cached per thread) and hash
 //! lookups for addresses, domains and labels set the atoms; the `RegexSet` of a text field runs
 //! only if a rule that needs it has its other conditions met. A rule matches when every `when`
 //! atom is set and no `unless` atom is. Only rules indexed under a set atom are looked at, in
@@ -753,7 +755,7 @@ const SUBJECT: u8 = 1;
 const EXCERPT: u8 = 2;
 
 /// The PHI detector: MRN patterns (with capture group), ICD-10 codes and dates of birth.
-/// Patient-care terms are found by the keyword automata (the [`PATIENT_TERM`] effect).
+/// Patient-care terms are found by the keyword scan (the [`PATIENT_TERM`] effect).
 /// Each pattern is its own `Regex` so each gets its own literal prefilter. The default patterns
 /// run only when the keyword pass saw a word they can start with ([`PhiTriggers`]); patterns
 /// an organisation writes itself always run.
