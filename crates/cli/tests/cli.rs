@@ -2788,6 +2788,16 @@ mod serve {
         assert_eq!(lines(&ok(rita(sql))), expected);
         let out = stdout(&ok(rita("SELECT matter FROM active_holds")));
         assert!(out.contains("Doe v. Clinic"), "{out}");
+        // `\d records`: the columns the catalog reads as dictionaries are text to a client.
+        let described = lines(&ok(rita("\\d records")));
+        for column in ["custodian", "category", "retention_status", "subject"] {
+            assert!(
+                described
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{column}|text|"))),
+                "{column}: {described:?}"
+            );
+        }
 
         // psycopg (extended protocol, parameters, transactions).
         psycopg_checks(port, &expected);
@@ -2887,6 +2897,11 @@ with conn("ana", "ana-Secret-1") as c:
 with conn("rita", "rita-Secret-2") as c:
     out["rows"] = ["%s|%s" % (k, s if s is not None else "<NULL>") for k, s in c.execute(
         "SELECT record_key, subject FROM records ORDER BY record_key")]
+    # Columns the catalog reads as dictionaries arrive as text, grouped or not.
+    cur = c.execute("SELECT custodian, category, retention_status, count(*) FROM records "
+                    "WHERE lower(custodian) <> %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", ("",))
+    out["dictionary_types"] = [d.type_code for d in cur.description][:3]
+    out["dictionary_values"] = all(isinstance(v, str) for r in cur.fetchall() for v in r[:3])
 print(json.dumps(out))
 "#;
         let o = Command::new("python3")
@@ -2901,6 +2916,13 @@ print(json.dumps(out))
         assert_eq!(v["delete"], "refused", "{v}");
         let rows: Vec<String> = serde_json::from_value(v["rows"].clone()).unwrap();
         assert_eq!(rows, expected, "psycopg reads what retain sql reads");
+        // 25: PostgreSQL's `text`.
+        assert_eq!(
+            v["dictionary_types"],
+            serde_json::json!([25, 25, 25]),
+            "{v}"
+        );
+        assert_eq!(v["dictionary_values"], true, "{v}");
     }
 
     #[test]

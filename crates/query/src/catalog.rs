@@ -6,17 +6,17 @@ use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, Utc};
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
-use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::FunctionRegistry as _;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, lit};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParserBuilder;
@@ -26,6 +26,7 @@ use retain_govern::{
     manifests_schema,
 };
 use retain_lake::deltalake::{DeltaTableBuilder, ensure_table_uri};
+use retain_lake::schema::columns;
 use retain_lake::{
     AUDIT_TABLE, DEAD_LETTERS_TABLE, RECORDS_TABLE, audit_schema, dead_letters_schema,
     records_schema,
@@ -37,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::functions::{
     DISPOSAL_CANDIDATES, DisposalCandidates, IsHeld, IsHeldRewrite, YearsUntilDisposal,
 };
-use crate::scan::{DeltaFallback, SnapshotTable};
+use crate::scan::{DeltaFallback, SnapshotTable, with_dictionaries};
 
 /// The memory the catalog's queries may use together unless told otherwise: 1 GiB. Sorts,
 /// joins and aggregations spill to disk beyond their share; the rest fail with "resources
@@ -67,6 +68,28 @@ pub const VIEWS: [&str; 6] = [
     "records_on_hold",
     "upcoming_disposals",
     "ba_manifests",
+];
+
+/// The `records` columns the Parquet scan reads as Arrow dictionaries (`Dictionary(Int32,
+/// Utf8)`): short codes, statuses, versions and mailbox names, a few distinct values among many
+/// rows. Parquet stores them dictionary-encoded; reading them as dictionaries lets a filter,
+/// `lower()` or a grouping on them work once per distinct value of a batch instead of once per
+/// row. Results leave the catalog with these columns as plain text (see [`Catalog::plan`]).
+pub const DICTIONARY_COLUMNS: [&str; 14] = [
+    columns::TENANT,
+    columns::MAILBOX,
+    columns::CUSTODIAN,
+    columns::DIRECTION,
+    columns::CATEGORY,
+    columns::RULE,
+    columns::RETENTION_STATUS,
+    columns::GOVERNING,
+    columns::JURISDICTION,
+    columns::RECORD_HOLDER,
+    columns::POLICY_VERSION,
+    columns::CLASSIFIER_POLICY_VERSION,
+    columns::CLASSIFIER_VERSION,
+    columns::SOURCE_TOPIC,
 ];
 
 /// How to open a [`Catalog`].
@@ -255,6 +278,11 @@ impl Catalog {
             (EVENTS_TABLE, events_schema()),
             (DEAD_LETTERS_TABLE, dead_letters_schema()),
         ] {
+            let dictionaries: &[&str] = if name == RECORDS_TABLE {
+                &DICTIONARY_COLUMNS
+            } else {
+                &[]
+            };
             let (provider, table) = open_table(
                 &ctx,
                 lake_root,
@@ -262,6 +290,7 @@ impl Catalog {
                 &schema,
                 &storage_options,
                 options.scan,
+                dictionaries,
             )
             .await?;
             ctx.register_table(name, Arc::clone(&provider))
@@ -466,6 +495,11 @@ impl Catalog {
     /// Parses `sql` (one or more statements separated by `;`) and plans every statement, all
     /// before any runs: a syntax error anywhere, an unknown name or a statement that would
     /// change something (DDL, DML, `SET`, ...) is refused and nothing runs.
+    ///
+    /// A statement's result has text as plain `Utf8`: the columns the scan reads as
+    /// dictionaries ([`DICTIONARY_COLUMNS`]) are cast back at the end of the plan, where only
+    /// the result's rows remain, so renderers and clients see the types `records` is written
+    /// with.
     pub async fn plan(&self, sql: &str) -> Result<Vec<Statement>> {
         let statements = DFParserBuilder::new(sql)
             .build()
@@ -502,6 +536,10 @@ impl Catalog {
                         .to_owned(),
                 });
             }
+            let plan = plain_text(plan).map_err(|source| Error::Plan {
+                statement: index,
+                source,
+            })?;
             // The analyzer and optimizer find what the SQL planner leaves (is_held() without
             // the records columns, type errors) before anything runs.
             state.optimize(&plan).map_err(|source| Error::Plan {
@@ -557,7 +595,8 @@ impl Catalog {
 }
 
 /// Opens table `name` under `root` read-only; a table the lake does not have is an empty
-/// in-memory table with its known columns.
+/// in-memory table with its known columns. The Parquet scan reads the `dictionaries` columns
+/// as Arrow dictionaries.
 async fn open_table(
     ctx: &SessionContext,
     root: &str,
@@ -565,6 +604,7 @@ async fn open_table(
     schema: &SchemaRef,
     storage_options: &HashMap<String, String>,
     scan: TableScan,
+    dictionaries: &[&str],
 ) -> Result<(Arc<dyn TableProvider>, LakeTable)> {
     let location = table_location(root, name);
     let empty = |shown: String| -> Result<(Arc<dyn TableProvider>, LakeTable)> {
@@ -615,7 +655,8 @@ async fn open_table(
         .await
         .map_err(|e| open_err(Box::new(e)))?;
     // The Parquet scan shows the table with the schema deltalake gives it under this session's
-    // settings (text as Utf8View unless `schema_force_view_types` is off).
+    // settings (text as Utf8View unless `schema_force_view_types` is off), low-cardinality
+    // text as dictionaries.
     let parquet = match scan {
         TableScan::Parquet => {
             let schema = table
@@ -624,7 +665,7 @@ async fn open_table(
                 .await
                 .map_err(|e| open_err(Box::new(e)))?
                 .schema();
-            SnapshotTable::try_new(&table, schema)
+            SnapshotTable::try_new(&table, with_dictionaries(&schema, dictionaries))
                 .inspect_err(|reason| debug!(table = name, reason, "read through deltalake"))
                 .ok()
         }
@@ -643,6 +684,57 @@ async fn open_table(
     Ok((provider, info))
 }
 
+/// `data_type` with every dictionary in it (at any depth) replaced by its value type; `None`
+/// when it has none.
+fn without_dictionaries(data_type: &DataType) -> Option<DataType> {
+    let field = |f: &FieldRef| -> Option<FieldRef> {
+        without_dictionaries(f.data_type()).map(|t| Arc::new(f.as_ref().clone().with_data_type(t)))
+    };
+    match data_type {
+        DataType::Dictionary(_, value) => {
+            Some(without_dictionaries(value).unwrap_or_else(|| value.as_ref().clone()))
+        }
+        DataType::List(f) => field(f).map(DataType::List),
+        DataType::LargeList(f) => field(f).map(DataType::LargeList),
+        DataType::FixedSizeList(f, n) => field(f).map(|f| DataType::FixedSizeList(f, *n)),
+        DataType::Struct(fields) => {
+            let plain: Vec<Option<FieldRef>> = fields.iter().map(field).collect();
+            plain.iter().any(Option::is_some).then(|| {
+                DataType::Struct(
+                    fields
+                        .iter()
+                        .zip(plain)
+                        .map(|(f, p)| p.unwrap_or_else(|| Arc::clone(f)))
+                        .collect(),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `plan` with a projection on top that casts every column holding dictionaries to the plain
+/// type ([`without_dictionaries`]); `plan` itself when no column does.
+fn plain_text(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    let schema = Arc::clone(plan.schema());
+    let casts: Vec<Option<DataType>> = schema
+        .fields()
+        .iter()
+        .map(|f| without_dictionaries(f.data_type()))
+        .collect();
+    if casts.iter().all(Option::is_none) {
+        return Ok(plan);
+    }
+    let exprs = schema.iter().zip(casts).map(|((qualifier, field), plain)| {
+        let column = Expr::Column(Column::from((qualifier, field)));
+        match plain {
+            Some(to) => cast(column, to).alias_qualified(qualifier.cloned(), field.name()),
+            None => column,
+        }
+    });
+    LogicalPlanBuilder::from(plan).project(exprs)?.build()
+}
+
 /// The tables a plan scans, subqueries included (views built on lake tables are inlined by
 /// the planner, so this names the lake tables they read).
 fn tables_read(plan: &LogicalPlan) -> Vec<String> {
@@ -659,4 +751,36 @@ fn tables_read(plan: &LogicalPlan) -> Vec<String> {
         Ok(TreeNodeRecursion::Continue)
     });
     names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Field;
+
+    #[test]
+    fn dictionaries_are_found_and_replaced_at_any_depth() {
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+        assert_eq!(without_dictionaries(&DataType::Utf8), None);
+        assert_eq!(without_dictionaries(&list(DataType::Int64)), None);
+        assert_eq!(without_dictionaries(&dictionary), Some(DataType::Utf8));
+        assert_eq!(
+            without_dictionaries(&list(dictionary.clone())),
+            Some(list(DataType::Utf8))
+        );
+        let fields = |a: DataType| {
+            DataType::Struct(
+                vec![
+                    Field::new("a", a, true),
+                    Field::new("b", DataType::Int64, false),
+                ]
+                .into(),
+            )
+        };
+        assert_eq!(
+            without_dictionaries(&fields(dictionary)),
+            Some(fields(DataType::Utf8))
+        );
+    }
 }

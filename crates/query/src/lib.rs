@@ -19,8 +19,9 @@ pub mod reports;
 mod scan;
 
 pub use catalog::{
-    ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS, LakeTable,
-    Statement, TABLES, TableScan, VIEWS, sha256_hex, sql_options, table_location,
+    ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS,
+    DICTIONARY_COLUMNS, LakeTable, Statement, TABLES, TableScan, VIEWS, sha256_hex, sql_options,
+    table_location,
 };
 pub use error::{Error, Result};
 pub use functions::{DAYS_PER_YEAR, DISPOSAL_CANDIDATES, IS_HELD, YEARS_UNTIL_DISPOSAL};

@@ -10,13 +10,13 @@
 //! [`READER_FEATURES`]) is refused with the reason, and the catalog reads it through deltalake.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{TimeZone as _, Utc};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
@@ -24,17 +24,21 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat as _;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::parquet_to_arrow_schema;
+use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use futures::StreamExt as _;
 use retain_lake::deltalake::{DeltaTable, ObjectMeta, Path};
 use tracing::debug;
 
@@ -43,7 +47,32 @@ use tracing::debug;
 /// log, which deltalake has already read.
 pub const READER_FEATURES: [&str; 3] = ["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
 
+/// `schema` with each of `columns` that is plain text (`Utf8`) read as
+/// `Dictionary(Int32, Utf8)`; the other columns as they are.
+pub(crate) fn with_dictionaries(schema: &SchemaRef, columns: &[&str]) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if columns.contains(&f.name().as_str()) && f.data_type() == &DataType::Utf8 {
+                f.as_ref().clone().with_data_type(dictionary())
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// One Delta snapshot as a Parquet scan over exactly its active files.
+///
+/// Text columns its schema gives as dictionaries ([`with_dictionaries`]) are decoded straight
+/// from the Parquet dictionary pages into Arrow dictionaries, so a filter, `lower()` or a
+/// grouping on them works once per distinct value of a batch rather than once per row. For
+/// that, a table with such columns has each file read with its own Arrow schema in the table's
+/// types ([`file_schema`], from the file's footer, which the session caches for the scan
+/// anyway); without it the Parquet reader would decode plain strings and DataFusion cast them
+/// to dictionaries, slower than either, and text a file holds as `Utf8View` would be cast too.
 #[derive(Debug)]
 pub(crate) struct SnapshotTable {
     schema: SchemaRef,
@@ -51,6 +80,80 @@ pub(crate) struct SnapshotTable {
     /// The active files, each with its statistics from the log, in log order.
     files: Vec<PartitionedFile>,
     stats: LogStatistics,
+    /// The columns read as dictionaries.
+    dictionaries: Vec<String>,
+    /// Each file's Arrow schema as the reader should decode it ([`file_schema`]), by location,
+    /// once a scan has read its footer (files written alike share one).
+    file_schemas: Mutex<HashMap<Path, SchemaRef>>,
+}
+
+/// Footers read at once when a scan first needs files' schemas.
+const FOOTER_READS: usize = 16;
+
+/// What the reader should decode a data file's columns as: `file` (its own Arrow schema, as the
+/// Parquet reader infers it, from its embedded Arrow schema if it has one) with each column's
+/// type replaced by the table's where they differ only in how text is held ([`read_as`]).
+/// Decoded as the table's types, the batches need no cast after the reader; a file written with
+/// `Utf8View` text (as `retain lake optimize` writes them) would otherwise be cast row by row.
+fn file_schema(file: &Schema, table: &Schema) -> Schema {
+    let fields: Vec<Field> = file
+        .fields()
+        .iter()
+        .map(|f| {
+            let to = table
+                .field_with_name(f.name())
+                .ok()
+                .and_then(|t| read_as(f.data_type(), t.data_type()));
+            match to {
+                Some(to) => f.as_ref().clone().with_data_type(to),
+                None => f.as_ref().clone(),
+            }
+        })
+        .collect();
+    Schema::new_with_metadata(fields, file.metadata().clone())
+}
+
+/// The type to decode a column of type `file` as for a table column of type `table`, when the
+/// Parquet reader can produce it directly: text of any flavour as the table's text or text
+/// dictionary, a timestamp in the table's time zone, lists and structs of those; `None` to
+/// leave it as the file has it (the scan casts it if it must).
+fn read_as(file: &DataType, table: &DataType) -> Option<DataType> {
+    use DataType::*;
+    let text = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let field = |f: &FieldRef, t: &FieldRef| -> Option<FieldRef> {
+        (f.name() == t.name())
+            .then(|| read_as(f.data_type(), t.data_type()))
+            .flatten()
+            .map(|to| Arc::new(f.as_ref().clone().with_data_type(to)))
+    };
+    match (file, table) {
+        (f, t) if f == t => None,
+        (f, t) if text(f) && text(t) => Some(t.clone()),
+        (f, Dictionary(k, v)) if text(f) && k.as_ref() == &Int32 && v.as_ref() == &Utf8 => {
+            Some(table.clone())
+        }
+        (Timestamp(a, _), Timestamp(b, Some(_))) if a == b => Some(table.clone()),
+        (List(f), List(t)) => field(f, t).map(List),
+        (LargeList(f), LargeList(t)) => field(f, t).map(LargeList),
+        (Struct(fs), Struct(ts)) if fs.len() == ts.len() => {
+            let read: Vec<Option<FieldRef>> =
+                fs.iter().zip(ts.iter()).map(|(f, t)| field(f, t)).collect();
+            read.iter().any(Option::is_some).then(|| {
+                Struct(
+                    fs.iter()
+                        .zip(read)
+                        .map(|(f, r)| r.unwrap_or_else(|| Arc::clone(f)))
+                        .collect(),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The type text columns are read as when read as dictionaries.
+fn dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
 /// Per-file statistics from the Delta log, one row per active file (for pruning).
@@ -148,7 +251,8 @@ fn file_statistics(schema: &SchemaRef, rows: Option<usize>) -> Statistics {
 
 impl SnapshotTable {
     /// The snapshot `table` has loaded, read with `schema` (what deltalake's provider shows for
-    /// it); `Err` says why the table must be read through deltalake instead.
+    /// it, optionally [`with_dictionaries`]); `Err` says why the table must be read through
+    /// deltalake instead.
     pub(crate) fn try_new(table: &DeltaTable, schema: SchemaRef) -> Result<Self, String> {
         if let Some(reason) = unsupported(table) {
             return Err(reason);
@@ -186,6 +290,12 @@ impl SnapshotTable {
             }
         }
 
+        let dictionaries = schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.data_type(), DataType::Dictionary(..)))
+            .map(|f| f.name().clone())
+            .collect();
         let mut files = Vec::with_capacity(views.len());
         for view in &views {
             if view.deletion_vector_descriptor().is_some() {
@@ -222,7 +332,111 @@ impl SnapshotTable {
             store,
             files,
             stats,
+            dictionaries,
+            file_schemas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `files`, each with its Arrow schema for the reader ([`file_schema`]) when the table has
+    /// dictionary columns. A file whose footer cannot be read here keeps none: the scan reads it
+    /// (or reports why it cannot) as it would any file, and DataFusion casts what differs.
+    async fn with_file_schemas(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+    ) -> Vec<PartitionedFile> {
+        if self.dictionaries.is_empty() {
+            return files;
+        }
+        // The schemas earlier scans read; the others come from the files' footers.
+        let known: Vec<Option<SchemaRef>> = {
+            let map = self
+                .file_schemas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            files
+                .iter()
+                .map(|f| map.get(&f.object_meta.location).cloned())
+                .collect()
+        };
+        if known.iter().all(Option::is_some) {
+            return files
+                .into_iter()
+                .zip(known.into_iter().flatten())
+                .map(|(f, schema)| f.with_arrow_schema(schema))
+                .collect();
+        }
+        let runtime = state.runtime_env();
+        let store = match runtime.object_store(&self.store) {
+            Ok(store) => store,
+            Err(e) => {
+                debug!(error = %e, "no object store for the files' schemas");
+                return files;
+            }
+        };
+        let cache = runtime.cache_manager.get_file_metadata_cache();
+        let hint = state.table_options().parquet.global.metadata_size_hint;
+        let read = |(file, known): (PartitionedFile, Option<SchemaRef>)| {
+            let (store, cache) = (Arc::clone(&store), Arc::clone(&cache));
+            async move {
+                if known.is_some() {
+                    return (file, known);
+                }
+                let metadata = DFParquetMetadata::new(store.as_ref(), &file.object_meta)
+                    .with_metadata_size_hint(hint)
+                    .with_file_metadata_cache(Some(cache))
+                    .with_page_index_policy(Some(PageIndexPolicy::Skip))
+                    .fetch_metadata()
+                    .await;
+                let schema = metadata.map_err(|e| e.to_string()).and_then(|m| {
+                    let file_metadata = m.file_metadata();
+                    parquet_to_arrow_schema(
+                        file_metadata.schema_descr(),
+                        file_metadata.key_value_metadata(),
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                match schema {
+                    Ok(schema) => {
+                        let schema = file_schema(&schema, &self.schema);
+                        (file, Some(Arc::new(schema)))
+                    }
+                    Err(e) => {
+                        debug!(file = %file.object_meta.location, error = %e, "no schema for the file");
+                        (file, None)
+                    }
+                }
+            }
+        };
+        let read: Vec<(PartitionedFile, Option<SchemaRef>)> =
+            futures::stream::iter(files.into_iter().zip(known))
+                .map(read)
+                .buffered(FOOTER_READS)
+                .collect()
+                .await;
+        let mut out = Vec::with_capacity(read.len());
+        let mut map = self
+            .file_schemas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut shared: Vec<SchemaRef> = Vec::new();
+        for (file, schema) in read {
+            let Some(schema) = schema else {
+                out.push(file);
+                continue;
+            };
+            // Files written alike share one schema.
+            let schema = match shared.iter().find(|s| **s == schema) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    shared.push(Arc::clone(&schema));
+                    schema
+                }
+            };
+            map.insert(file.object_meta.location.clone(), Arc::clone(&schema));
+            out.push(file.with_arrow_schema(schema));
+        }
+        out
     }
 
     /// Which files the filters may match, by the log's statistics (all when they say nothing).
@@ -303,6 +517,7 @@ impl TableProvider for SnapshotTable {
             .filter(|(_, keep)| *keep)
             .map(|(f, _)| f.clone())
             .collect();
+        let files = self.with_file_schemas(state, files).await;
         if files.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
@@ -414,6 +629,48 @@ mod tests {
         assert_eq!(bytes.iter().sum::<u64>(), 26);
         assert!(bytes.iter().all(|b| (12..=14).contains(b)), "{bytes:?}");
         assert_eq!(groups(vec![file("a", 1)], 8).len(), 1);
+    }
+
+    #[test]
+    fn files_are_read_as_the_table_types_where_only_the_text_flavour_differs() {
+        use datafusion::arrow::datatypes::TimeUnit::Microsecond;
+        let list = |t: DataType| DataType::List(Arc::new(Field::new("element", t, false)));
+        let ts = |tz: &str| DataType::Timestamp(Microsecond, Some(tz.into()));
+        // As `retain lake optimize` writes a file: views, every column nullable.
+        let file = Schema::new(vec![
+            Field::new("custodian", DataType::Utf8View, true),
+            Field::new("subject", DataType::Utf8View, true),
+            Field::new("labels", list(DataType::Utf8View), true),
+            Field::new("sent_at", ts("+00:00"), true),
+            Field::new("size_bytes", DataType::Int64, true),
+            Field::new("only_in_the_file", DataType::Utf8View, true),
+        ]);
+        let table = with_dictionaries(
+            &Arc::new(Schema::new(vec![
+                Field::new("custodian", DataType::Utf8, false),
+                Field::new("subject", DataType::Utf8, true),
+                Field::new("labels", list(DataType::Utf8), false),
+                Field::new("sent_at", ts("UTC"), true),
+                Field::new("size_bytes", DataType::Int32, false),
+            ])),
+            &["custodian", "subject_is_not_listed"],
+        );
+        let read = file_schema(&file, &table);
+        let types: Vec<&DataType> = read.fields().iter().map(|f| f.data_type()).collect();
+        assert_eq!(
+            types,
+            [
+                &dictionary(),
+                &DataType::Utf8,
+                &list(DataType::Utf8),
+                &ts("UTC"),
+                // Not text: left for the scan to cast.
+                &DataType::Int64,
+                &DataType::Utf8View,
+            ]
+        );
+        // The file's nullability stays (the Parquet reader checks it).
+        assert!(read.fields().iter().all(|f| f.is_nullable()));
     }
 
     #[test]

@@ -14,12 +14,12 @@ use retain_govern::{
 };
 use retain_lake::deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use retain_lake::deltalake::arrow::compute::{cast, concat_batches};
-use retain_lake::deltalake::arrow::datatypes::{Float64Type, Int64Type};
+use retain_lake::deltalake::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use retain_lake::{RecordBatchBuilder, RecordsTable, records_schema};
 use retain_model::{
     Category, Classification, MailMessage, PhiIndicators, RetentionDecision, RetentionStatus,
 };
-use retain_query::{Catalog, CatalogOptions, Error, TABLES, TableScan, VIEWS};
+use retain_query::{Catalog, CatalogOptions, DICTIONARY_COLUMNS, Error, TABLES, TableScan, VIEWS};
 
 const TODAY: (i32, u32, u32) = (2026, 12, 4);
 
@@ -765,12 +765,129 @@ async fn the_parquet_scan_answers_as_deltalake_does() -> Result<()> {
         "SELECT * FROM manifests",
         "SELECT * FROM disposals",
         "SELECT record_key, retain_until FROM records ORDER BY retain_until, record_key LIMIT 7",
+        // Text the Parquet scan reads as dictionaries, through functions, filters, groupings,
+        // joins and aggregates that keep or drop the encoding.
+        "SELECT lower(custodian), upper(mailbox), custodian || '/' || category, \
+         length(retention_status), substr(governing, 1, 4) FROM records",
+        "SELECT record_key FROM records WHERE lower(custodian) IN ('alice', 'carol') \
+         AND category <> 'training' AND retention_status IN ('scheduled', 'pending')",
+        "SELECT record_key FROM records WHERE mailbox LIKE 'b%' OR governing IS NULL",
+        "SELECT custodian, category, count(*), max(record_key) FROM records \
+         GROUP BY custodian, category ORDER BY custodian, category",
+        "SELECT category, array_to_string(array_agg(DISTINCT mailbox ORDER BY mailbox), ',') \
+         FROM records GROUP BY category",
+        "SELECT a.category, b.category, count(*) FROM records a JOIN records b \
+         ON a.mailbox = b.mailbox AND a.retain_until = b.retain_until GROUP BY 1, 2",
+        "SELECT DISTINCT tenant, direction, jurisdiction, record_holder, policy_version, \
+         classifier_policy_version, classifier_version, source_topic, rule FROM records",
+        "SELECT custodian FROM records WHERE retention_status = 'scheduled' \
+         UNION SELECT category FROM records",
     ] {
+        // Results carry text as text whatever the scan read (deltalake's provider reads it
+        // as Utf8View, the Parquet scan as Utf8 or dictionaries).
+        for b in parquet.query(sql).await? {
+            let types = format!("{:?}", b.schema());
+            assert!(!types.contains("Dictionary"), "{sql}: {types}");
+        }
         assert_eq!(
             rows(&parquet, sql).await?,
             rows(&delta, sql).await?,
             "{sql}"
         );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_parquet_scan_reads_low_cardinality_text_as_dictionaries() -> Result<()> {
+    let lake = lake().await?;
+    assert_dictionaries(&catalog_with(&lake, TableScan::Parquet).await?).await
+}
+
+#[tokio::test]
+async fn the_parquet_scan_reads_rewritten_files_as_it_reads_landed_ones() -> Result<()> {
+    let mut lake = lake().await?;
+    let queries = [
+        "SELECT * FROM records",
+        "SELECT custodian, category, count(*) FROM records GROUP BY 1, 2",
+        "SELECT record_key FROM records WHERE lower(mailbox) = 'bob' AND retention_status = 'scheduled'",
+    ];
+    let catalog = lake.catalog().await?;
+    let mut before = Vec::new();
+    for sql in queries {
+        before.push(rows(&catalog, sql).await?);
+    }
+    // `retain lake optimize --cluster` rewrites every file (DataFusion's writer: text as views
+    // in the files' embedded Arrow schema, nullable columns).
+    let optimized = lake.records.optimize(32 << 20, true).await?;
+    assert!(optimized.files_added > 0);
+    let catalog = lake.catalog().await?;
+    assert_eq!(catalog.table("records").unwrap().scan, TableScan::Parquet);
+    for (sql, before) in queries.into_iter().zip(before) {
+        assert_eq!(rows(&catalog, sql).await?, before, "{sql}");
+    }
+    assert_dictionaries(&catalog).await
+}
+
+/// The catalog's scan of `records` yields [`DICTIONARY_COLUMNS`] as dictionaries and its
+/// results yield them as text.
+async fn assert_dictionaries(catalog: &Catalog) -> Result<()> {
+    let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let listed = DICTIONARY_COLUMNS.join(", ");
+    // What the scan produces, before the catalog's plans cast results back to text.
+    let scanned = catalog
+        .session()
+        .sql(&format!(
+            "SELECT {listed}, subject, record_key FROM records"
+        ))
+        .await?
+        .collect()
+        .await?;
+    assert!(!scanned.is_empty());
+    for b in &scanned {
+        for name in DICTIONARY_COLUMNS {
+            let column = b.column_by_name(name).unwrap();
+            assert_eq!(column.data_type(), &dictionary, "{name}");
+            // One dictionary for the batch, not one entry per row.
+            let values = column.as_any_dictionary().values().len();
+            assert!(values < b.num_rows().max(5), "{name}: {values} values");
+        }
+        for name in ["subject", "record_key"] {
+            assert_eq!(b.column_by_name(name).unwrap().data_type(), &DataType::Utf8);
+        }
+    }
+    // The table shows them as dictionaries (DESCRIBE, information_schema) ...
+    let shown = catalog
+        .query(
+            "SELECT data_type FROM information_schema.columns \
+             WHERE table_name = 'records' AND column_name = 'custodian'",
+        )
+        .await?;
+    assert_eq!(
+        shown[0].column(0).as_string::<i32>().value(0),
+        "Dictionary(Int32, Utf8)"
+    );
+    // ... but every result the catalog returns has them as plain text, nested ones included.
+    for b in catalog
+        .query(&format!(
+            "SELECT {listed}, array_agg(category) OVER () AS categories, \
+             named_struct('c', custodian) AS s FROM records"
+        ))
+        .await?
+    {
+        for name in DICTIONARY_COLUMNS {
+            assert_eq!(b.column_by_name(name).unwrap().data_type(), &DataType::Utf8);
+        }
+        let list = b.column_by_name("categories").unwrap().data_type().clone();
+        let DataType::List(element) = list else {
+            panic!("categories is {list}")
+        };
+        assert_eq!(element.data_type(), &DataType::Utf8);
+        let s = b.column_by_name("s").unwrap().data_type().clone();
+        let DataType::Struct(fields) = s else {
+            panic!("s is {s}")
+        };
+        assert_eq!(fields[0].data_type(), &DataType::Utf8);
     }
     Ok(())
 }
