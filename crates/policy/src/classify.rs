@@ -92,20 +92,13 @@ impl Bits {
     }
 }
 
-/// Byte classes for the text scan: 0 not a word byte, 1 ASCII word byte, 2 non-ASCII byte
-/// (a word byte too: see [`is_word`]).
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
+/// The word bytes (see [`is_word`]), as a table.
+static WORD: [bool; 256] = {
+    let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = if c >= 0x80 {
-            2
-        } else if c.is_ascii_alphanumeric() || c == b'_' {
-            1
-        } else {
-            0
-        };
+        t[b] = c >= 0x80 || c.is_ascii_alphanumeric() || c == b'_';
         b += 1;
     }
     t
@@ -166,10 +159,10 @@ struct Slot {
 /// A keyword that starts with a word character can only match where a text word starts, and
 /// that text word must then be exactly the keyword's first word (a word character after it
 /// would break the boundary, a non-word character would end it). So the text is cut into words
-/// in one pass, each word is looked up by its key in an open-addressing table kept at most an
-/// eighth full (so a word that starts no keyword almost always lands on an empty slot at the
-/// first probe), and only the keywords found there are compared byte by byte. Keywords that start with
-/// punctuation (`#tag`, `.net`) are tried wherever their first byte occurs.
+/// in one pass; a word whose first byte and length no first word has is dropped after one
+/// load, the others are looked up by their key in an open-addressing table kept at most an
+/// eighth full, and only the keywords found there are compared byte by byte. Keywords that
+/// start with punctuation (`#tag`, `.net`) are tried wherever their first byte occurs.
 struct KeywordField {
     /// The keywords, ASCII-lower-cased and trimmed.
     patterns: Vec<Box<[u8]>>,
@@ -526,8 +519,9 @@ impl PhiTriggers {
     }
 }
 
+/// A word character: an ASCII letter or digit, `_`, or any byte of a non-ASCII character.
 fn is_word(b: u8) -> bool {
-    CLASS[b as usize] != 0
+    WORD[b as usize]
 }
 
 #[cfg(test)]
