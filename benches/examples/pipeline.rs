@@ -1040,13 +1040,14 @@ fn print_report(r: &Report) {
         "\n| measurement | messages | seconds | messages/s | MB/s | × raw consume |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
     let row = |name: &str, x: &Rate| {
+        // Without the broker steps (`--pipeline-only`) there is no raw rate to compare with.
+        let ratio = match raw.is_nan() {
+            true => "—".to_owned(),
+            false => format!("{:.2}", x.messages_per_s / raw),
+        };
         println!(
-            "| {name} | {} | {:.1} | {:.0} | {:.1} | {:.2} |",
-            x.messages,
-            x.seconds,
-            x.messages_per_s,
-            x.mb_per_s,
-            x.messages_per_s / raw
+            "| {name} | {} | {:.1} | {:.0} | {:.1} | {ratio} |",
+            x.messages, x.seconds, x.messages_per_s, x.mb_per_s,
         );
     };
     if let Some(x) = &r.produce {
@@ -1075,16 +1076,14 @@ fn print_report(r: &Report) {
         "pipeline only: schedule and land (decode → Delta)",
         &p.schedule_and_land,
     );
-    println!(
-        "\nsteady state (10 → 90 %): raw consume retain.mail {:.0} messages/s; end to end {:.0} messages/s ({:.2} ×)",
-        raw_steady,
-        r.end_to_end
-            .as_ref()
-            .map_or(f64::NAN, |e| e.steady_10_90_messages_per_s),
-        r.end_to_end
-            .as_ref()
-            .map_or(f64::NAN, |e| e.steady_10_90_messages_per_s / raw_steady),
-    );
+    if let Some(e) = &r.end_to_end {
+        println!(
+            "\nsteady state (10 → 90 %): raw consume retain.mail {:.0} messages/s; end to end {:.0} messages/s ({:.2} ×)",
+            raw_steady,
+            e.steady_10_90_messages_per_s,
+            e.steady_10_90_messages_per_s / raw_steady,
+        );
+    }
     println!(
         "schedule and land split: decode + schedule + push {:.2} s, finish batches {:.2} s, Parquet + Delta commit {:.2} s ({} landings)",
         p.decode_schedule_push_seconds, p.finish_seconds, p.land_seconds, p.landings
