@@ -36,7 +36,9 @@ use retain_lake::deltalake::arrow::array::AsArray;
 use retain_lake::deltalake::arrow::datatypes::Int64Type;
 use retain_lake::deltalake::datafusion::datasource::physical_plan::FileScanConfig;
 use retain_lake::deltalake::datafusion::datasource::source::DataSourceExec;
-use retain_lake::deltalake::datafusion::physical_plan::{ExecutionPlan, collect};
+use retain_lake::deltalake::datafusion::physical_plan::{
+    ExecutionPlan, collect, display::DisplayableExecutionPlan,
+};
 use retain_lake::deltalake::datafusion::prelude::SessionContext;
 use retain_lake::{RecordBatchBuilder, RecordRow, RecordsTable};
 use retain_policy::{Policy, Record};
@@ -71,8 +73,9 @@ struct Args {
     /// The Python with duckdb.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Let DataFusion filter rows while decoding Parquet (`pushdown_filters`, `reorder_filters`;
-    /// the catalog leaves them off).
+    /// Let DataFusion filter rows while decoding Parquet in every scan (`pushdown_filters`,
+    /// `reorder_filters`; the catalog does it only for filters on columns without statistics in
+    /// the Delta log).
     #[arg(long)]
     pushdown: bool,
     /// Time only the `--extra` queries (e.g. under a profiler).
@@ -95,6 +98,13 @@ struct Args {
     /// Write the report as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A DataFusion session setting for the catalog's runs, as `key=value` (repeatable), e.g.
+    /// `--set datafusion.execution.batch_size=32768`, to measure one against the defaults.
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the catalog's physical plan of each query's last run, with its metrics.
+    #[arg(long)]
+    explain: bool,
 }
 
 /// The hold of the preview and of the disposal query: one custodian and a keyword.
@@ -128,6 +138,8 @@ struct Timing {
     first_s: f64,
     median_s: f64,
     min_s: f64,
+    /// Of `median_s`, the median time to plan (parse, optimize, plan the physical execution).
+    plan_s: Option<f64>,
     /// The query's result, summed: rows counted.
     result_rows: i64,
     files_read: Option<usize>,
@@ -278,14 +290,28 @@ async fn run(args: Args) -> Result<()> {
                 parquet.pushdown_filters = true;
                 parquet.reorder_filters = true;
             }
+            for setting in &args.set {
+                let (key, value) = setting.split_once('=').context("--set takes key=value")?;
+                let state = catalog.session().state_ref();
+                let mut state = state.write();
+                state.config_mut().options_mut().set(key, value)?;
+            }
             catalogs.push((engine, catalog));
         }
         let mut timings = Vec::new();
         for (name, sql) in queries {
             let duck = duckdb_timing(&args.python, &files, name, &sql, args.runs)?;
             for (engine, catalog) in &catalogs {
-                let df =
-                    datafusion_timing(catalog, engine, name, &sql, args.runs, files.len()).await?;
+                let df = datafusion_timing(
+                    catalog,
+                    engine,
+                    name,
+                    &sql,
+                    args.runs,
+                    files.len(),
+                    args.explain,
+                )
+                .await?;
                 ensure!(
                     df.result_rows == duck.result_rows,
                     "{name}: {engine} counted {} rows, DuckDB {}",
@@ -293,8 +319,9 @@ async fn run(args: Args) -> Result<()> {
                     duck.result_rows
                 );
                 eprintln!(
-                    "{layout}, {name}: {engine} {:.3} s (median; first {:.3} s), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; read {} of {} files, {:.0} MiB",
+                    "{layout}, {name}: {engine} {:.3} s (median; plan {:.4} s; first {:.3} s), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; read {} of {} files, {:.0} MiB",
                     df.median_s,
+                    df.plan_s.unwrap_or(0.0),
                     df.first_s,
                     duck.median_s,
                     df.median_s / duck.median_s,
@@ -417,22 +444,31 @@ async fn datafusion_timing(
     sql: &str,
     runs: usize,
     files_in_table: usize,
+    explain: bool,
 ) -> Result<Timing> {
     let mut times = Vec::new();
+    let mut plan_times = Vec::new();
     let mut rows = 0;
     let mut last_plan = None;
     let ctx = catalog.session();
     for _ in 0..=runs {
         let t = Instant::now();
         let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+        plan_times.push(t.elapsed().as_secs_f64());
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await?;
         times.push(t.elapsed().as_secs_f64());
         rows = result_rows(&batches, "records")?;
         last_plan = Some(plan);
     }
     let plan = last_plan.context("no run")?;
+    if explain {
+        eprintln!(
+            "{engine}, {name}:\n{}",
+            DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true)
+        );
+    }
     let (files, bytes) = scanned(&plan);
-    Ok(timing(
+    let mut t = timing(
         engine,
         name,
         &times,
@@ -440,7 +476,9 @@ async fn datafusion_timing(
         Some(files),
         Some(files_in_table),
         Some(bytes),
-    ))
+    );
+    t.plan_s = Some(timing(engine, name, &plan_times, rows, None, None, None).median_s);
+    Ok(t)
 }
 
 /// The sum of the `records` column of a result.
@@ -553,6 +591,7 @@ fn timing(
         first_s: times[0],
         median_s: warm[warm.len() / 2],
         min_s: warm[0],
+        plan_s: None,
         result_rows,
         files_read,
         files_in_table,

@@ -39,6 +39,7 @@ use crate::functions::{
     DISPOSAL_CANDIDATES, DisposalCandidates, IsHeld, IsHeldRewrite, YearsUntilDisposal,
 };
 use crate::scan::{DeltaFallback, SnapshotTable, with_dictionaries};
+use crate::simplify::SplitIsNotFalse;
 
 /// The memory the catalog's queries may use together unless told otherwise: 1 GiB. Sorts,
 /// joins and aggregations spill to disk beyond their share; the rest fail with "resources
@@ -266,6 +267,9 @@ impl Catalog {
         parquet.schema_force_view_types = false;
         parquet.enable_page_index = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Hold coverage `(a AND b) IS NOT FALSE` as two filters, so the scan can apply the
+        // selective one while decoding (crate::simplify).
+        ctx.add_optimizer_rule(Arc::new(SplitIsNotFalse));
 
         let mut tables = Vec::new();
         let mut records: Option<Arc<dyn TableProvider>> = None;

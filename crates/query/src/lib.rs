@@ -17,6 +17,7 @@ mod functions;
 pub mod render;
 pub mod reports;
 mod scan;
+mod simplify;
 
 pub use catalog::{
     ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS,

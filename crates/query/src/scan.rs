@@ -439,6 +439,24 @@ impl SnapshotTable {
         out
     }
 
+    /// Whether the scan should apply `filters` while decoding (Parquet filter pushdown: decode
+    /// the filters' columns, then the others only for the rows they keep): when there are some
+    /// and none touches a column the log keeps min/max statistics for. Such a filter (on
+    /// custodian, mailbox, subject: PHI keeps them out of the log) is what a search or a hold
+    /// preview looks like, selective, and the log could not narrow the files for it. A filter on
+    /// a column with statistics has already done its work choosing files: the files kept mostly
+    /// match it, and testing it row by row in the decoder costs more than it saves (twice the
+    /// time of the disposal query in stream order, docs/PERFORMANCE.md). The session's own
+    /// `pushdown_filters` still turns it on for every scan.
+    fn decode_filtered(&self, filters: &[Expr]) -> bool {
+        !filters.is_empty()
+            && filters.iter().all(|f| {
+                f.column_refs().iter().all(|c| {
+                    !self.stats.min.contains_key(c.name()) && !self.stats.max.contains_key(c.name())
+                })
+            })
+    }
+
     /// Which files the filters may match, by the log's statistics (all when they say nothing).
     fn keep(&self, state: &dyn Session, filters: &[Expr]) -> Vec<bool> {
         let all = vec![true; self.files.len()];
@@ -537,7 +555,13 @@ impl TableProvider for SnapshotTable {
             file_groups.iter().filter_map(|g| g.file_statistics(None)),
             &self.schema,
         )?;
-        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let mut parquet = state.table_options().parquet.clone();
+        if self.decode_filtered(filters) {
+            // In the order written: DataFusion's reordering (smallest columns first) would test
+            // a hold's keyword on the subject of every row before its custodian.
+            parquet.global.pushdown_filters = true;
+        }
+        let format = ParquetFormat::default().with_options(parquet);
         let source = format.file_source(TableSchema::from(Arc::clone(&self.schema)));
         let config = FileScanConfigBuilder::new(self.store.clone(), source)
             .with_file_groups(file_groups)
