@@ -245,12 +245,12 @@ impl KeywordField {
             while self.slots[s].index != 0 {
                 s = (s + 1) & mask;
             }
-            self.firsts.push(FirstWord { word, keywords });
             self.slots[s] = Slot {
                 prefix,
-                len: word_len(self.firsts.last().map_or(0, |f| f.word.len())),
-                index: self.firsts.len() as u32,
+                len: word_len(word.len()),
+                index: self.firsts.len() as u32 + 1,
             };
+            self.firsts.push(FirstWord { word, keywords });
         }
         Ok(())
     }
@@ -437,10 +437,10 @@ fn word_mask(chunk: &[u8]) -> u64 {
 /// texts that have them. Found at a superset of the places a regex `\b` allows.
 #[derive(Default, Clone, Copy)]
 struct PhiTriggers {
-    mrn: bool,
     icd10: bool,
     dob: bool,
-    /// Where the words starting with `MRN` start, for [`default_mrns`].
+    /// Where the words starting with `MRN` start, for [`default_mrns`] (none: the default MRN
+    /// pattern cannot match).
     mrn_starts: MrnStarts,
 }
 
@@ -453,6 +453,10 @@ struct MrnStarts {
 }
 
 impl MrnStarts {
+    fn any(&self) -> bool {
+        self.len > 0 || self.overflow
+    }
+
     fn push(&mut self, at: usize) {
         match self.at.get_mut(self.len) {
             Some(slot) => {
@@ -471,7 +475,6 @@ impl PhiTriggers {
 
     fn from_bits(bits: u8, mrn_starts: MrnStarts) -> Self {
         PhiTriggers {
-            mrn: bits & Self::MRN != 0,
             icd10: bits & Self::ICD10 != 0,
             dob: bits & Self::DOB != 0,
             mrn_starts,
@@ -777,7 +780,7 @@ impl Phi {
         };
         for (re, default) in &self.mrn {
             if *default {
-                if !triggers.mrn {
+                if !triggers.mrn_starts.any() {
                     continue;
                 }
                 if let Some(numbers) = default_mrns(text.as_bytes(), &triggers.mrn_starts) {
@@ -1651,7 +1654,6 @@ mod tests {
             let f = field(&["patient"]);
             let triggers = f.scan(text.as_bytes(), |_| {});
             let all = PhiTriggers {
-                mrn: true,
                 icd10: true,
                 dob: true,
                 mrn_starts: MrnStarts { overflow: true, ..MrnStarts::default() },
