@@ -92,6 +92,10 @@ struct Args {
     /// of counts), e.g. to find which part of a query costs what.
     #[arg(long, value_name = "SQL")]
     extra: Vec<String>,
+    /// A further query to time on the catalog only, without DuckDB (repeatable; it must return
+    /// a `records` column of counts), e.g. to try DataFusion-only syntax such as `arrow_cast`.
+    #[arg(long, value_name = "SQL")]
+    extra_catalog: Vec<String>,
     /// Only the stream-order layout (no clustered copy).
     #[arg(long)]
     stream_only: bool,
@@ -246,10 +250,15 @@ async fn run(args: Args) -> Result<()> {
         }
         let mut queries = Vec::new();
         if !args.only_extra {
-            queries.push(("disposal_candidates", disposal_sql(args.as_of)));
-            queries.push(("hold_preview", preview_sql()));
+            queries.push(("disposal_candidates", disposal_sql(args.as_of), true));
+            queries.push(("hold_preview", preview_sql(), true));
         }
-        queries.extend(args.extra.iter().map(|sql| ("extra", sql.clone())));
+        queries.extend(args.extra.iter().map(|sql| ("extra", sql.clone(), true)));
+        queries.extend(
+            args.extra_catalog
+                .iter()
+                .map(|sql| ("extra-catalog", sql.clone(), false)),
+        );
         // The catalog as `retain sql` opens it, over a lake root whose `records` is this table.
         let root = args
             .lake
@@ -299,8 +308,12 @@ async fn run(args: Args) -> Result<()> {
             catalogs.push((engine, catalog));
         }
         let mut timings = Vec::new();
-        for (name, sql) in queries {
-            let duck = duckdb_timing(&args.python, &files, name, &sql, args.runs)?;
+        for (name, sql, with_duckdb) in queries {
+            let duck = if with_duckdb {
+                Some(duckdb_timing(&args.python, &files, name, &sql, args.runs)?)
+            } else {
+                None
+            };
             for (engine, catalog) in &catalogs {
                 let df = datafusion_timing(
                     catalog,
@@ -312,19 +325,27 @@ async fn run(args: Args) -> Result<()> {
                     args.explain,
                 )
                 .await?;
-                ensure!(
-                    df.result_rows == duck.result_rows,
-                    "{name}: {engine} counted {} rows, DuckDB {}",
-                    df.result_rows,
-                    duck.result_rows
-                );
+                let against = match &duck {
+                    Some(duck) => {
+                        ensure!(
+                            df.result_rows == duck.result_rows,
+                            "{name}: {engine} counted {} rows, DuckDB {}",
+                            df.result_rows,
+                            duck.result_rows
+                        );
+                        format!(
+                            "DuckDB {:.3} s: {:.2}x DuckDB",
+                            duck.median_s,
+                            df.median_s / duck.median_s
+                        )
+                    }
+                    None => "DuckDB not run".to_owned(),
+                };
                 eprintln!(
-                    "{layout}, {name}: {engine} {:.3} s (median; plan {:.4} s; first {:.3} s), DuckDB {:.3} s: {:.2}x DuckDB; {} rows; read {} of {} files, {:.0} MiB",
+                    "{layout}, {name}: {engine} {:.3} s (median; plan {:.4} s; first {:.3} s), {against}; {} rows; read {} of {} files, {:.0} MiB",
                     df.median_s,
                     df.plan_s.unwrap_or(0.0),
                     df.first_s,
-                    duck.median_s,
-                    df.median_s / duck.median_s,
                     df.result_rows,
                     df.files_read.unwrap_or(0),
                     files.len(),
@@ -332,7 +353,7 @@ async fn run(args: Args) -> Result<()> {
                 );
                 timings.push(df);
             }
-            timings.push(duck);
+            timings.extend(duck);
         }
         layouts.push(Layout {
             layout,
@@ -496,14 +517,25 @@ fn result_rows(
 }
 
 /// Files in the plan's Parquet scans and the bytes they read (the `bytes_scanned` metric).
+/// A file split into byte ranges over several partitions counts once.
 fn scanned(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
-    let mut files = 0;
+    let mut files = std::collections::HashSet::new();
+    let bytes = scanned_into(plan, &mut files);
+    (files.len(), bytes)
+}
+
+fn scanned_into(
+    plan: &Arc<dyn ExecutionPlan>,
+    files: &mut std::collections::HashSet<String>,
+) -> u64 {
     let mut bytes = 0;
     let node: &dyn std::any::Any = plan.as_ref();
     if let Some(source) = node.downcast_ref::<DataSourceExec>() {
         let data: &dyn std::any::Any = source.data_source().as_ref();
         if let Some(config) = data.downcast_ref::<FileScanConfig>() {
-            files += config.file_groups.iter().map(|g| g.len()).sum::<usize>();
+            for group in &config.file_groups {
+                files.extend(group.iter().map(|f| f.object_meta.location.to_string()));
+            }
         }
     }
     if let Some(metrics) = plan.metrics() {
@@ -512,11 +544,9 @@ fn scanned(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
             .map_or(0, |v| v.as_usize() as u64);
     }
     for child in plan.children() {
-        let (f, b) = scanned(child);
-        files += f;
-        bytes += b;
+        bytes += scanned_into(child, files);
     }
-    (files, bytes)
+    bytes
 }
 
 const DUCKDB: &str = r#"

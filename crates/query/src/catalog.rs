@@ -14,6 +14,7 @@ use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::FunctionRegistry as _;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, lit};
@@ -34,11 +35,13 @@ use retain_lake::{
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, instrument};
 
+use crate::contains::RewriteLowerContains;
 use crate::error::{Error, Result};
 use crate::functions::{
     DISPOSAL_CANDIDATES, DisposalCandidates, IsHeld, IsHeldRewrite, YearsUntilDisposal,
 };
-use crate::scan::{DeltaFallback, SnapshotTable, with_dictionaries};
+use crate::group::DictionaryAggregate;
+use crate::scan::{DeltaFallback, ReadAs, SnapshotTable, with_read_types};
 use crate::simplify::SplitIsNotFalse;
 
 /// The memory the catalog's queries may use together unless told otherwise: 1 GiB. Sorts,
@@ -92,6 +95,13 @@ pub const DICTIONARY_COLUMNS: [&str; 14] = [
     columns::CLASSIFIER_VERSION,
     columns::SOURCE_TOPIC,
 ];
+
+/// The `records` columns the Parquet scan reads as `Utf8View`: long, mostly distinct text that
+/// queries search (a hold's keywords) more than they transform. The reader then points into
+/// the pages it decoded instead of copying each string; measured on the 10M-record benchmark
+/// (docs/PERFORMANCE.md), this took about a fifth off the disposal query, which reads
+/// `subject` for every candidate row. Results leave the catalog with it as plain text.
+pub const VIEW_COLUMNS: [&str; 1] = [columns::SUBJECT];
 
 /// How to open a [`Catalog`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,10 +276,21 @@ impl Catalog {
         let parquet = &mut config.options_mut().execution.parquet;
         parquet.schema_force_view_types = false;
         parquet.enable_page_index = false;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Partial aggregations grouped by dictionaries map the dictionaries to groups once per
+        // batch (crate::group).
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(DictionaryAggregate))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         // Hold coverage `(a AND b) IS NOT FALSE` as two filters, so the scan can apply the
         // selective one while decoding (crate::simplify).
         ctx.add_optimizer_rule(Arc::new(SplitIsNotFalse));
+        // Hold keywords `strpos(lower(subject), 'k') > 0` searched without lower-casing the
+        // column (crate::contains).
+        ctx.add_optimizer_rule(Arc::new(RewriteLowerContains::default()));
 
         let mut tables = Vec::new();
         let mut records: Option<Arc<dyn TableProvider>> = None;
@@ -282,10 +303,13 @@ impl Catalog {
             (EVENTS_TABLE, events_schema()),
             (DEAD_LETTERS_TABLE, dead_letters_schema()),
         ] {
-            let dictionaries: &[&str] = if name == RECORDS_TABLE {
-                &DICTIONARY_COLUMNS
+            let read = if name == RECORDS_TABLE {
+                ReadAs {
+                    dictionaries: &DICTIONARY_COLUMNS,
+                    views: &VIEW_COLUMNS,
+                }
             } else {
-                &[]
+                ReadAs::default()
             };
             let (provider, table) = open_table(
                 &ctx,
@@ -294,7 +318,7 @@ impl Catalog {
                 &schema,
                 &storage_options,
                 options.scan,
-                dictionaries,
+                read,
             )
             .await?;
             ctx.register_table(name, Arc::clone(&provider))
@@ -501,9 +525,9 @@ impl Catalog {
     /// change something (DDL, DML, `SET`, ...) is refused and nothing runs.
     ///
     /// A statement's result has text as plain `Utf8`: the columns the scan reads as
-    /// dictionaries ([`DICTIONARY_COLUMNS`]) are cast back at the end of the plan, where only
-    /// the result's rows remain, so renderers and clients see the types `records` is written
-    /// with.
+    /// dictionaries ([`DICTIONARY_COLUMNS`]) or views ([`VIEW_COLUMNS`]) are cast back at the
+    /// end of the plan, where only the result's rows remain, so renderers and clients see the
+    /// types `records` is written with.
     pub async fn plan(&self, sql: &str) -> Result<Vec<Statement>> {
         let statements = DFParserBuilder::new(sql)
             .build()
@@ -599,8 +623,7 @@ impl Catalog {
 }
 
 /// Opens table `name` under `root` read-only; a table the lake does not have is an empty
-/// in-memory table with its known columns. The Parquet scan reads the `dictionaries` columns
-/// as Arrow dictionaries.
+/// in-memory table with its known columns. The Parquet scan reads text columns as `read` says.
 async fn open_table(
     ctx: &SessionContext,
     root: &str,
@@ -608,7 +631,7 @@ async fn open_table(
     schema: &SchemaRef,
     storage_options: &HashMap<String, String>,
     scan: TableScan,
-    dictionaries: &[&str],
+    read: ReadAs<'_>,
 ) -> Result<(Arc<dyn TableProvider>, LakeTable)> {
     let location = table_location(root, name);
     let empty = |shown: String| -> Result<(Arc<dyn TableProvider>, LakeTable)> {
@@ -660,7 +683,7 @@ async fn open_table(
         .map_err(|e| open_err(Box::new(e)))?;
     // The Parquet scan shows the table with the schema deltalake gives it under this session's
     // settings (text as Utf8View unless `schema_force_view_types` is off), low-cardinality
-    // text as dictionaries.
+    // text as dictionaries, long searched text as views.
     let parquet = match scan {
         TableScan::Parquet => {
             let schema = table
@@ -669,7 +692,7 @@ async fn open_table(
                 .await
                 .map_err(|e| open_err(Box::new(e)))?
                 .schema();
-            SnapshotTable::try_new(&table, with_dictionaries(&schema, dictionaries))
+            SnapshotTable::try_new(&table, with_read_types(&schema, read))
                 .inspect_err(|reason| debug!(table = name, reason, "read through deltalake"))
                 .ok()
         }
@@ -688,16 +711,17 @@ async fn open_table(
     Ok((provider, info))
 }
 
-/// `data_type` with every dictionary in it (at any depth) replaced by its value type; `None`
-/// when it has none.
-fn without_dictionaries(data_type: &DataType) -> Option<DataType> {
+/// `data_type` with every dictionary in it (at any depth) replaced by its value type and every
+/// `Utf8View` by `Utf8`; `None` when it has neither.
+fn plain_type(data_type: &DataType) -> Option<DataType> {
     let field = |f: &FieldRef| -> Option<FieldRef> {
-        without_dictionaries(f.data_type()).map(|t| Arc::new(f.as_ref().clone().with_data_type(t)))
+        plain_type(f.data_type()).map(|t| Arc::new(f.as_ref().clone().with_data_type(t)))
     };
     match data_type {
         DataType::Dictionary(_, value) => {
-            Some(without_dictionaries(value).unwrap_or_else(|| value.as_ref().clone()))
+            Some(plain_type(value).unwrap_or_else(|| value.as_ref().clone()))
         }
+        DataType::Utf8View => Some(DataType::Utf8),
         DataType::List(f) => field(f).map(DataType::List),
         DataType::LargeList(f) => field(f).map(DataType::LargeList),
         DataType::FixedSizeList(f, n) => field(f).map(|f| DataType::FixedSizeList(f, *n)),
@@ -717,14 +741,14 @@ fn without_dictionaries(data_type: &DataType) -> Option<DataType> {
     }
 }
 
-/// `plan` with a projection on top that casts every column holding dictionaries to the plain
-/// type ([`without_dictionaries`]); `plan` itself when no column does.
+/// `plan` with a projection on top that casts every column holding dictionaries or views to the
+/// plain type ([`plain_type`]); `plan` itself when no column does.
 fn plain_text(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
     let schema = Arc::clone(plan.schema());
     let casts: Vec<Option<DataType>> = schema
         .fields()
         .iter()
-        .map(|f| without_dictionaries(f.data_type()))
+        .map(|f| plain_type(f.data_type()))
         .collect();
     if casts.iter().all(Option::is_none) {
         return Ok(plan);
@@ -763,14 +787,19 @@ mod tests {
     use datafusion::arrow::datatypes::Field;
 
     #[test]
-    fn dictionaries_are_found_and_replaced_at_any_depth() {
+    fn dictionaries_and_views_are_found_and_replaced_at_any_depth() {
         let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
         let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
-        assert_eq!(without_dictionaries(&DataType::Utf8), None);
-        assert_eq!(without_dictionaries(&list(DataType::Int64)), None);
-        assert_eq!(without_dictionaries(&dictionary), Some(DataType::Utf8));
+        assert_eq!(plain_type(&DataType::Utf8), None);
+        assert_eq!(plain_type(&list(DataType::Int64)), None);
+        assert_eq!(plain_type(&dictionary), Some(DataType::Utf8));
+        assert_eq!(plain_type(&DataType::Utf8View), Some(DataType::Utf8));
         assert_eq!(
-            without_dictionaries(&list(dictionary.clone())),
+            plain_type(&list(DataType::Utf8View)),
+            Some(list(DataType::Utf8))
+        );
+        assert_eq!(
+            plain_type(&list(dictionary.clone())),
             Some(list(DataType::Utf8))
         );
         let fields = |a: DataType| {
@@ -783,7 +812,7 @@ mod tests {
             )
         };
         assert_eq!(
-            without_dictionaries(&fields(dictionary)),
+            plain_type(&fields(dictionary)),
             Some(fields(DataType::Utf8))
         );
     }

@@ -12,8 +12,10 @@
 //! or before the cut-off (the as-of date, never after today) and no active hold covers it.
 
 mod catalog;
+mod contains;
 mod error;
 mod functions;
+mod group;
 pub mod render;
 pub mod reports;
 mod scan;
@@ -21,8 +23,8 @@ mod simplify;
 
 pub use catalog::{
     ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS,
-    DICTIONARY_COLUMNS, LakeTable, Statement, TABLES, TableScan, VIEWS, sha256_hex, sql_options,
-    table_location,
+    DICTIONARY_COLUMNS, LakeTable, Statement, TABLES, TableScan, VIEW_COLUMNS, VIEWS, sha256_hex,
+    sql_options, table_location,
 };
 pub use error::{Error, Result};
 pub use functions::{DAYS_PER_YEAR, DISPOSAL_CANDIDATES, IS_HELD, YEARS_UNTIL_DISPOSAL};

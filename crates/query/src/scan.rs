@@ -47,15 +47,31 @@ use tracing::debug;
 /// log, which deltalake has already read.
 pub const READER_FEATURES: [&str; 3] = ["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
 
-/// `schema` with each of `columns` that is plain text (`Utf8`) read as
-/// `Dictionary(Int32, Utf8)`; the other columns as they are.
-pub(crate) fn with_dictionaries(schema: &SchemaRef, columns: &[&str]) -> SchemaRef {
+/// The text columns of a table the scan reads other than as plain `Utf8`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReadAs<'a> {
+    /// Read as `Dictionary(Int32, Utf8)`.
+    pub(crate) dictionaries: &'a [&'a str],
+    /// Read as `Utf8View`.
+    pub(crate) views: &'a [&'a str],
+}
+
+/// `schema` with each plain text (`Utf8`) column of `read` in the type `read` gives it; the
+/// other columns as they are.
+pub(crate) fn with_read_types(schema: &SchemaRef, read: ReadAs) -> SchemaRef {
+    let ReadAs {
+        dictionaries,
+        views,
+    } = read;
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|f| {
-            if columns.contains(&f.name().as_str()) && f.data_type() == &DataType::Utf8 {
+            let name = f.name().as_str();
+            if dictionaries.contains(&name) && f.data_type() == &DataType::Utf8 {
                 f.as_ref().clone().with_data_type(dictionary())
+            } else if views.contains(&name) && f.data_type() == &DataType::Utf8 {
+                f.as_ref().clone().with_data_type(DataType::Utf8View)
             } else {
                 f.as_ref().clone()
             }
@@ -66,13 +82,15 @@ pub(crate) fn with_dictionaries(schema: &SchemaRef, columns: &[&str]) -> SchemaR
 
 /// One Delta snapshot as a Parquet scan over exactly its active files.
 ///
-/// Text columns its schema gives as dictionaries ([`with_dictionaries`]) are decoded straight
+/// Text columns its schema gives as dictionaries ([`with_read_types`]) are decoded straight
 /// from the Parquet dictionary pages into Arrow dictionaries, so a filter, `lower()` or a
-/// grouping on them works once per distinct value of a batch rather than once per row. For
-/// that, a table with such columns has each file read with its own Arrow schema in the table's
-/// types ([`file_schema`], from the file's footer, which the session caches for the scan
-/// anyway); without it the Parquet reader would decode plain strings and DataFusion cast them
-/// to dictionaries, slower than either, and text a file holds as `Utf8View` would be cast too.
+/// grouping on them works once per distinct value of a batch rather than once per row; text
+/// columns it gives as `Utf8View` are decoded as views into the pages instead of being copied
+/// string by string. For that, a table with such columns has each file read with its own Arrow
+/// schema in the table's types ([`file_schema`], from the file's footer, which the session
+/// caches for the scan anyway); without it the Parquet reader would decode plain strings and
+/// DataFusion cast them, slower than either, and text a file holds as `Utf8View` would be cast
+/// too.
 #[derive(Debug)]
 pub(crate) struct SnapshotTable {
     schema: SchemaRef,
@@ -251,7 +269,7 @@ fn file_statistics(schema: &SchemaRef, rows: Option<usize>) -> Statistics {
 
 impl SnapshotTable {
     /// The snapshot `table` has loaded, read with `schema` (what deltalake's provider shows for
-    /// it, optionally [`with_dictionaries`]); `Err` says why the table must be read through
+    /// it, optionally [`with_read_types`]); `Err` says why the table must be read through
     /// deltalake instead.
     pub(crate) fn try_new(table: &DeltaTable, schema: SchemaRef) -> Result<Self, String> {
         if let Some(reason) = unsupported(table) {
@@ -669,7 +687,7 @@ mod tests {
             Field::new("size_bytes", DataType::Int64, true),
             Field::new("only_in_the_file", DataType::Utf8View, true),
         ]);
-        let table = with_dictionaries(
+        let table = with_read_types(
             &Arc::new(Schema::new(vec![
                 Field::new("custodian", DataType::Utf8, false),
                 Field::new("subject", DataType::Utf8, true),
@@ -677,7 +695,10 @@ mod tests {
                 Field::new("sent_at", ts("UTC"), true),
                 Field::new("size_bytes", DataType::Int32, false),
             ])),
-            &["custodian", "subject_is_not_listed"],
+            ReadAs {
+                dictionaries: &["custodian", "subject_is_not_listed"],
+                views: &[],
+            },
         );
         let read = file_schema(&file, &table);
         let types: Vec<&DataType> = read.fields().iter().map(|f| f.data_type()).collect();

@@ -19,7 +19,9 @@ use retain_lake::{RecordBatchBuilder, RecordsTable, records_schema};
 use retain_model::{
     Category, Classification, MailMessage, PhiIndicators, RetentionDecision, RetentionStatus,
 };
-use retain_query::{Catalog, CatalogOptions, DICTIONARY_COLUMNS, Error, TABLES, TableScan, VIEWS};
+use retain_query::{
+    Catalog, CatalogOptions, DICTIONARY_COLUMNS, Error, TABLES, TableScan, VIEW_COLUMNS, VIEWS,
+};
 
 const TODAY: (i32, u32, u32) = (2026, 12, 4);
 
@@ -855,8 +857,8 @@ async fn the_parquet_scan_reads_rewritten_files_as_it_reads_landed_ones() -> Res
     assert_dictionaries(&catalog).await
 }
 
-/// The catalog's scan of `records` yields [`DICTIONARY_COLUMNS`] as dictionaries and its
-/// results yield them as text.
+/// The catalog's scan of `records` yields [`DICTIONARY_COLUMNS`] as dictionaries and
+/// [`VIEW_COLUMNS`] as views, and its results yield them as text.
 async fn assert_dictionaries(catalog: &Catalog) -> Result<()> {
     let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
     let listed = DICTIONARY_COLUMNS.join(", ");
@@ -878,9 +880,14 @@ async fn assert_dictionaries(catalog: &Catalog) -> Result<()> {
             let values = column.as_any_dictionary().values().len();
             assert!(values < b.num_rows().max(5), "{name}: {values} values");
         }
-        for name in ["subject", "record_key"] {
-            assert_eq!(b.column_by_name(name).unwrap().data_type(), &DataType::Utf8);
+        for name in VIEW_COLUMNS {
+            let column = b.column_by_name(name).unwrap();
+            assert_eq!(column.data_type(), &DataType::Utf8View, "{name}");
         }
+        assert_eq!(
+            b.column_by_name("record_key").unwrap().data_type(),
+            &DataType::Utf8
+        );
     }
     // The table shows them as dictionaries (DESCRIBE, information_schema) ...
     let shown = catalog
@@ -896,12 +903,12 @@ async fn assert_dictionaries(catalog: &Catalog) -> Result<()> {
     // ... but every result the catalog returns has them as plain text, nested ones included.
     for b in catalog
         .query(&format!(
-            "SELECT {listed}, array_agg(category) OVER () AS categories, \
+            "SELECT {listed}, subject, array_agg(category) OVER () AS categories, \
              named_struct('c', custodian) AS s FROM records"
         ))
         .await?
     {
-        for name in DICTIONARY_COLUMNS {
+        for name in DICTIONARY_COLUMNS.iter().chain(&VIEW_COLUMNS) {
             assert_eq!(b.column_by_name(name).unwrap().data_type(), &DataType::Utf8);
         }
         let list = b.column_by_name("categories").unwrap().data_type().clone();
