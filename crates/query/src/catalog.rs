@@ -35,7 +35,6 @@ use retain_lake::{
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, instrument};
 
-use crate::contains::RewriteLowerContains;
 use crate::error::{Error, Result};
 use crate::functions::{
     DISPOSAL_CANDIDATES, DisposalCandidates, IsHeld, IsHeldRewrite, YearsUntilDisposal,
@@ -43,6 +42,7 @@ use crate::functions::{
 use crate::group::DictionaryAggregate;
 use crate::scan::{DeltaFallback, ReadAs, SnapshotTable, with_read_types};
 use crate::simplify::SplitIsNotFalse;
+use crate::text::RewriteTextPredicates;
 
 /// The memory the catalog's queries may use together unless told otherwise: 1 GiB. Sorts,
 /// joins and aggregations spill to disk beyond their share; the rest fail with "resources
@@ -289,8 +289,8 @@ impl Catalog {
         // selective one while decoding (crate::simplify).
         ctx.add_optimizer_rule(Arc::new(SplitIsNotFalse));
         // Hold keywords `strpos(lower(subject), 'k') > 0` searched without lower-casing the
-        // column (crate::contains).
-        ctx.add_optimizer_rule(Arc::new(RewriteLowerContains::default()));
+        // column (crate::text).
+        ctx.add_optimizer_rule(Arc::new(RewriteTextPredicates::default()));
 
         let mut tables = Vec::new();
         let mut records: Option<Arc<dyn TableProvider>> = None;

@@ -12,7 +12,6 @@
 //! or before the cut-off (the as-of date, never after today) and no active hold covers it.
 
 mod catalog;
-mod contains;
 mod error;
 mod functions;
 mod group;
@@ -20,6 +19,7 @@ pub mod render;
 pub mod reports;
 mod scan;
 mod simplify;
+mod text;
 
 pub use catalog::{
     ActiveHold, Catalog, CatalogOptions, DEFAULT_MEMORY_LIMIT, DEFAULT_UPCOMING_DAYS,
