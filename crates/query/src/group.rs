@@ -74,6 +74,13 @@ impl PhysicalOptimizerRule for DictionaryAggregate {
     }
 }
 
+/// Whether `a` and `b` are the same array: the same `Arc`, or the same buffers (the Parquet
+/// reader wraps a column chunk's dictionary anew for every batch, over the same buffers). The
+/// caller keeps `a` alive, so its buffers cannot be freed and their addresses reused.
+pub(crate) fn same_array(a: &ArrayRef, b: &ArrayRef) -> bool {
+    Arc::ptr_eq(a, b) || (a.data_type() == b.data_type() && a.to_data().ptr_eq(&b.to_data()))
+}
+
 /// The text dictionaries the catalog reads low-cardinality columns as.
 fn is_text_dictionary(t: &DataType) -> bool {
     matches!(t, DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8)
@@ -384,7 +391,8 @@ struct Groups {
 
 /// How keys under a set of dictionaries map to groups.
 struct Lookup {
-    /// The key columns' dictionary values (kept alive, so comparing pointers is sound).
+    /// The key columns' dictionary values (kept alive, so comparing their buffers' addresses
+    /// is sound).
     dictionaries: Vec<ArrayRef>,
     /// Per key column, each dictionary entry's value id, then the NULL key's.
     locals: Vec<Vec<u32>>,
@@ -464,7 +472,7 @@ impl Groups {
             last.dictionaries
                 .iter()
                 .zip(&dictionaries)
-                .all(|(p, d)| Arc::ptr_eq(p, d.values()))
+                .all(|(p, d)| same_array(p, d.values()))
         });
         let mut last = match self.last.take() {
             Some(last) if same => last,

@@ -46,6 +46,8 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 use memchr::memmem;
 
+use crate::group::same_array;
+
 /// The functions the rewrite calls (not registered: only the rewrite writes them).
 pub(crate) const LOWER_CONTAINS: &str = "retain_lower_contains";
 pub(crate) const LOWER_IN: &str = "retain_lower_in";
@@ -421,13 +423,13 @@ fn in_array(array: &ArrayRef, list: &foldhash::HashSet<&str>) -> DfResult<Boolea
 /// [`in_array`]'s answers for a dictionary's values, as bits for [`key_bits`]: each with one
 /// extra entry, last, for a key out of range (a NULL key's slot may hold any number).
 struct ValueAnswers {
-    /// The dictionary values answered (kept alive, so comparing pointers is sound).
+    /// The dictionary values answered (kept alive, so comparing buffers' addresses is sound).
     values: ArrayRef,
     list: Vec<String>,
     /// Per value: 1 when in the list.
-    found: Vec<u64>,
+    found: Vec<u8>,
     /// Per value: 1 when not NULL; `None` when no value is NULL.
-    valid: Option<Vec<u64>>,
+    valid: Option<Vec<u8>>,
 }
 
 /// Dictionaries each thread answered last.
@@ -446,7 +448,7 @@ fn by_value(values: &ArrayRef, list: &foldhash::HashSet<&str>) -> DfResult<Rc<Va
     let hit = RECENT.with_borrow(|recent| {
         recent
             .iter()
-            .find(|a| Arc::ptr_eq(&a.values, values) && same_list(&a.list))
+            .find(|a| same_array(&a.values, values) && same_list(&a.list))
             .cloned()
     });
     if let Some(hit) = hit {
@@ -458,12 +460,12 @@ fn by_value(values: &ArrayRef, list: &foldhash::HashSet<&str>) -> DfResult<Rc<Va
         list: list.iter().map(|s| (*s).to_owned()).collect(),
         found: per_value
             .iter()
-            .map(|v| u64::from(v == Some(true)))
+            .map(|v| u8::from(v == Some(true)))
             .chain([0])
             .collect(),
         valid: (per_value.null_count() > 0).then(|| {
             (0..per_value.len())
-                .map(|i| u64::from(per_value.is_valid(i)))
+                .map(|i| u8::from(per_value.is_valid(i)))
                 .chain([0])
                 .collect()
         }),
@@ -478,28 +480,28 @@ fn by_value(values: &ArrayRef, list: &foldhash::HashSet<&str>) -> DfResult<Rc<Va
 }
 
 /// For each key, the bit `by_value` (0 or 1, one entry per dictionary value and a last one for
-/// keys out of range) gives its value, 64 keys to a word.
-fn key_bits(keys: &[i32], by_value: &[u64]) -> BooleanBuffer {
+/// keys out of range) gives its value, 64 keys to a word: eight table bytes at a time, packed
+/// into a byte by one multiplication.
+fn key_bits(keys: &[i32], by_value: &[u8]) -> BooleanBuffer {
     let last = by_value.len() - 1;
     let bit = |k: i32| by_value[(k as u32 as usize).min(last)];
-    let mut words = Vec::with_capacity(keys.len().div_ceil(64));
-    let chunks = keys.chunks_exact(64);
+    // Bytes b0..b7 (each 0 or 1, b0 lowest) times this have b_i at bit 56 + i.
+    const PACK: u64 = 0x0102_0408_1020_4080;
+    let mut bytes = Vec::with_capacity(keys.len().div_ceil(64) * 8);
+    let chunks = keys.chunks_exact(8);
     let rest = chunks.remainder();
     for chunk in chunks {
-        let mut word = 0u64;
-        for (j, &k) in chunk.iter().enumerate() {
-            word |= bit(k) << j;
-        }
-        words.push(word);
+        let spread = u64::from_le_bytes(std::array::from_fn(|j| bit(chunk[j])));
+        bytes.push((spread.wrapping_mul(PACK) >> 56) as u8);
     }
     if !rest.is_empty() {
-        let mut word = 0u64;
-        for (j, &k) in rest.iter().enumerate() {
-            word |= bit(k) << j;
-        }
-        words.push(word);
+        bytes.push(
+            rest.iter()
+                .enumerate()
+                .fold(0u8, |b, (j, &k)| b | (bit(k) << j)),
+        );
     }
-    BooleanBuffer::new(Buffer::from_vec(words), 0, keys.len())
+    BooleanBuffer::new(Buffer::from_vec(bytes), 0, keys.len())
 }
 
 /// `retain_is_not_false(b)`: `b IS NOT FALSE` (true for true and for NULL).
