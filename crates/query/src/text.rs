@@ -39,6 +39,7 @@ use datafusion::arrow::datatypes::{DataType, Int32Type};
 use datafusion::common::tree_node::{Transformed, TreeNode as _};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
 use datafusion::logical_expr::expr::{InList, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
@@ -90,7 +91,13 @@ impl OptimizerRule for RewriteTextPredicates {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> DfResult<Transformed<LogicalPlan>> {
-        plan.map_expressions(|e| self.rewrite_expr(e))
+        // A rewritten expression keeps the name it had (an unaliased `SELECT strpos(...) > 0`
+        // still names its column after the `strpos`).
+        let names = NamePreserver::new(&plan);
+        plan.map_expressions(|e| {
+            let name = names.save(&e);
+            Ok(self.rewrite_expr(e)?.update_data(|e| name.restore(e)))
+        })
     }
 }
 
@@ -288,29 +295,21 @@ impl ScalarUDFImpl for LowerContains {
             return exec_err!("{LOWER_CONTAINS} takes two arguments");
         };
         let needle = match needle {
-            ColumnarValue::Scalar(
-                ScalarValue::Utf8(Some(n))
-                | ScalarValue::LargeUtf8(Some(n))
-                | ScalarValue::Utf8View(Some(n)),
-            ) => n.as_str(),
-            _ => return exec_err!("{LOWER_CONTAINS} takes a text literal as its needle"),
+            ColumnarValue::Scalar(s) => scalar_text(s).flatten(),
+            ColumnarValue::Array(_) => None,
+        };
+        let Some(needle) = needle else {
+            return exec_err!("{LOWER_CONTAINS} takes a non-NULL text literal as its needle");
         };
         match text {
             ColumnarValue::Array(a) => {
                 Ok(ColumnarValue::Array(Arc::new(contains_array(a, needle)?)))
             }
             ColumnarValue::Scalar(s) => {
-                let s = match s {
-                    ScalarValue::Dictionary(_, v) => v.as_ref(),
-                    s => s,
+                let Some(v) = scalar_text(s) else {
+                    return exec_err!("{LOWER_CONTAINS} takes text, not {s:?}");
                 };
-                let found = match s {
-                    ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
-                        v.as_deref().map(|v| Search::new(needle).found_in(v))
-                    }
-                    ScalarValue::Null => None,
-                    other => return exec_err!("{LOWER_CONTAINS} takes text, not {other:?}"),
-                };
+                let found = v.map(|v| Search::new(needle).found_in(v));
                 Ok(ColumnarValue::Scalar(ScalarValue::Boolean(found)))
             }
         }
@@ -798,7 +797,12 @@ mod tests {
         use super::super::*;
         use super::*;
 
-        const QUERIES: [(&str, &str); 5] = [
+        const QUERIES: [(&str, &str); 6] = [
+            // Unaliased: the column keeps its name.
+            (
+                "SELECT id, strpos(lower(s), 'a') > 0, lower(d) = 'ab' FROM t ORDER BY id",
+                LOWER_CONTAINS,
+            ),
             (
                 "SELECT id FROM t WHERE (lower(d) IN ('ab', 'σς', 'k') OR lower(s) = 'ab') \
                  IS NOT FALSE ORDER BY id",
