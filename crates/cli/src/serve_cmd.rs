@@ -37,8 +37,8 @@ pub struct ServeArgs {
     /// listen`; default 127.0.0.1:5433.
     #[arg(long, value_name = "ADDR", env = "RETAIN_SERVE_LISTEN")]
     listen: Option<SocketAddr>,
-    /// The users file (names, roles, Argon2id password hashes). Overrides `[serve] users`;
-    /// default retain-users.toml.
+    /// The users file (names, roles, SCRAM-SHA-256 verifiers and Argon2id password hashes).
+    /// Overrides `[serve] users`; default retain-users.toml.
     #[arg(long, value_name = "FILE", env = "RETAIN_SERVE_USERS")]
     users: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (with --tls-key). Overrides `[serve]
@@ -74,7 +74,8 @@ enum ServeCommand {
 #[derive(Subcommand, Debug)]
 enum UserCommand {
     /// Add a user, or replace its role and password. The password is read from
-    /// --password-file, else from the first line of standard input.
+    /// --password-file, else from the first line of standard input, and stored only as a
+    /// SCRAM-SHA-256 verifier (for logins) and an Argon2id hash.
     Add(UserAddArgs),
     /// List the users and their roles.
     List(UsersFileArg),
@@ -239,7 +240,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     if !server.tls() && !addr.ip().is_loopback() {
         eprintln!(
-            "WARNING: no TLS on {addr}: passwords and results cross the network in clear. Give --tls-cert and --tls-key."
+            "WARNING: no TLS on {addr}: results (and the passwords of users without a SCRAM-SHA-256 verifier) cross the network in clear. Give --tls-cert and --tls-key."
         );
     }
     eprintln!(

@@ -1,9 +1,12 @@
 //! `retain serve`: the lake's read-only SQL catalog (`retain-query`) over the PostgreSQL wire
 //! protocol, so `psql`, psycopg, JDBC/ODBC drivers and BI tools connect.
 //!
-//! - **Logins** need a password (PostgreSQL's cleartext `password` method, so run it under TLS
-//!   off the local machine), checked against an Argon2id hash in a [users file](Users); a dev
-//!   trust mode exists only on a loopback address.
+//! - **Logins** need a password, checked with SCRAM-SHA-256 (PostgreSQL's default: the password
+//!   never crosses the wire) against the verifier in the [users file](Users). Users files
+//!   written before SCRAM logins hold only an Argon2id hash; those users still log in, with a
+//!   cleartext password (so run it under TLS off the local machine), and each such login logs a
+//!   warning to re-run `retain serve user add`. A dev trust mode exists only on a loopback
+//!   address.
 //! - **Roles**: a [`Role::RecordsManager`] reads everything; a [`Role::Analyst`] reads a
 //!   catalog where every PHI column (addresses, subject, folder, labels, attachments, patient
 //!   references; a hold's matter, reason, scope and condition) reads as NULL, under the same
@@ -22,6 +25,7 @@ mod error;
 mod login;
 pub mod mask;
 mod queries;
+mod scram;
 mod server;
 mod users;
 

@@ -1,10 +1,17 @@
-//! The users file: who may log in, with which role, and an Argon2id hash of the password
-//! (a PHC string; never the password).
+//! The users file: who may log in, with which role, and two one-way forms of the password
+//! (never the password itself):
+//!
+//! - `scram`: the SCRAM-SHA-256 verifier that logins are checked with, in PostgreSQL's own
+//!   format (salt, StoredKey and ServerKey; see `scram.rs`);
+//! - `password-hash`: an Argon2id hash (PHC string). Files written before SCRAM logins have
+//!   only this; such users log in with a cleartext password until `retain serve user add` is
+//!   run for them again.
 //!
 //! ```toml
 //! [users.ana]
 //! role = "analyst"
 //! password-hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! scram = "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>"
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,6 +25,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::scram::Verifier;
 
 /// What a login may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,14 +95,24 @@ impl fmt::Debug for Password {
 pub struct User {
     /// Its role.
     pub role: Role,
-    /// Argon2id PHC string of the password.
+    /// Argon2id PHC string of the password (checks cleartext logins when there is no
+    /// `scram`).
     pub password_hash: String,
+    /// SCRAM-SHA-256 verifier of the password, `SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>`
+    /// (base64, as PostgreSQL stores it). Absent in files written before SCRAM logins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<String>,
 }
 
 impl User {
-    /// Whether `password` is this user's password.
+    /// Whether `password` is this user's password (by the Argon2id hash).
     pub fn verify(&self, password: &Password) -> bool {
         verify(&self.password_hash, password)
+    }
+
+    /// The SCRAM-SHA-256 verifier, when the file has one (checked when the file was loaded).
+    pub(crate) fn verifier(&self) -> Option<Verifier> {
+        self.scram.as_deref().and_then(|s| Verifier::parse(s).ok())
     }
 }
 
@@ -153,7 +171,8 @@ pub struct Users {
 }
 
 impl Users {
-    /// Reads and checks a users file (every name valid, every hash an Argon2 PHC string).
+    /// Reads and checks a users file (every name valid, every hash an Argon2 PHC string,
+    /// every `scram` a SCRAM-SHA-256 verifier).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::UsersIo {
             path: path.to_owned(),
@@ -190,6 +209,13 @@ impl Users {
                     "user `{name}`: password-hash is not an Argon2 PHC string (write it with `retain serve user add`)"
                 )));
             }
+            if let Some(scram) = &user.scram {
+                Verifier::parse(scram).map_err(|reason| {
+                    bad(format!(
+                        "user `{name}`: scram is not a SCRAM-SHA-256 verifier: {reason} (write it with `retain serve user add`)"
+                    ))
+                })?;
+            }
         }
         Ok(Users {
             users: parsed.users,
@@ -210,7 +236,7 @@ impl Users {
             reason: e.to_string(),
         })?;
         let text = format!(
-            "# retain serve users: role and Argon2id password hash (docs/sql.md#retain-serve).\n# Write with `retain serve user add NAME --role analyst|records_manager`.\n{text}"
+            "# retain serve users: role, Argon2id password hash and SCRAM-SHA-256 verifier (docs/sql.md#retain-serve).\n# Write with `retain serve user add NAME --role analyst|records_manager`.\n{text}"
         );
         let tmp = path.with_extension("toml.tmp");
         {
@@ -226,7 +252,8 @@ impl Users {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Adds or replaces a user with a fresh hash of `password`.
+    /// Adds or replaces a user with a fresh Argon2id hash and SCRAM-SHA-256 verifier of
+    /// `password` (each with its own random salt).
     pub fn set(&mut self, name: &str, role: Role, password: &Password) -> Result<()> {
         if !valid_user_name(name) {
             return Err(Error::Argument {
@@ -236,11 +263,15 @@ impl Users {
             });
         }
         let password_hash = hash_password(password)?;
+        let scram = Verifier::new(password.expose())
+            .map_err(|reason| Error::Argument { reason })?
+            .to_string();
         self.users.insert(
             name.to_owned(),
             User {
                 role,
                 password_hash,
+                scram: Some(scram),
             },
         );
         Ok(())
@@ -283,9 +314,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("s3cret-pass"), "{text}");
         assert!(text.contains("$argon2id$"), "{text}");
+        assert!(text.contains("scram = \"SCRAM-SHA-256$4096:"), "{text}");
         let back = Users::load(&path).unwrap();
         let ana = back.get("ana").unwrap();
         assert_eq!(ana.role, Role::Analyst);
+        assert!(ana.verifier().is_some());
         assert!(ana.verify(&Password::new("s3cret-pass")));
         assert!(!ana.verify(&Password::new("s3cret-pasS")));
         assert!(!ana.verify(&Password::new("")));
@@ -322,5 +355,36 @@ mod tests {
             Role::RecordsManager
         );
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn a_file_with_only_argon2_hashes_loads_and_a_bad_scram_value_names_the_user() {
+        let p = Path::new("users.toml");
+        let hash = hash_password(&Password::new("pw")).unwrap();
+        let old = Users::parse(
+            &format!("[users.old]\nrole = \"analyst\"\npassword-hash = \"{hash}\"\n"),
+            p,
+        )
+        .unwrap();
+        let u = old.get("old").unwrap();
+        assert!(u.scram.is_none() && u.verifier().is_none());
+        assert!(u.verify(&Password::new("pw")));
+        for scram in [
+            "md5deadbeef",
+            "SCRAM-SHA-256$1024:W22ZaJ0SNY7soEsUEjb6gQ==$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$AAAA:AAAA",
+        ] {
+            let e = Users::parse(
+                &format!(
+                    "[users.bob]\nrole = \"analyst\"\npassword-hash = \"{hash}\"\nscram = \"{scram}\"\n"
+                ),
+                p,
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("user `bob`: scram is not"),
+                "{scram}: {e}"
+            );
+        }
     }
 }

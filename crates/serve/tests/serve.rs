@@ -1,7 +1,8 @@
 //! The SQL endpoint's library against a real lake in a temporary folder: the analyst's catalog
 //! shows no PHI by any route while hold coverage stays exact, the records manager's shows
-//! everything, and the server refuses unsafe options. (psql and psycopg against `retain
-//! serve`: crates/cli/tests/cli.rs, `mod serve`.)
+//! everything, the server refuses unsafe options, and real clients (psql, psycopg) log in
+//! with SCRAM-SHA-256, or with a cleartext password for users files written before it. (The
+//! full psql and psycopg tour of `retain serve`: crates/cli/tests/cli.rs, `mod serve`.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -231,4 +232,207 @@ async fn the_server_refuses_dev_trust_off_loopback_no_users_and_a_bad_certificat
     assert_ne!(server.local_addr().port(), 0);
     assert!(!server.tls());
     Ok(())
+}
+
+/// Whether a client program runs; outside CI a missing one is a SKIP, in CI a failure.
+fn have(what: &str, program: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {what} (.ci/run installs it)"
+        );
+        eprintln!("SKIP: {what} is not installed");
+    }
+    found
+}
+
+/// `psql -c 'SELECT 1'` as `user` with `password`: its output, or its error.
+async fn psql(port: u16, user: &str, password: &str) -> std::result::Result<String, String> {
+    let (user, password) = (user.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let o = std::process::Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={port} user={user} dbname=retain sslmode=disable connect_timeout=20"
+            ))
+            .args(["-X", "-w", "-A", "-t", "-c", "SELECT 1 AS one"])
+            .env_remove("PGSERVICE")
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// psycopg (libpq) as `user` with `password`, allowing only the `require_auth` method
+/// (`scram-sha-256` or `password`): `ok`, or the error.
+async fn psycopg(port: u16, user: &str, password: &str, require_auth: &str) -> String {
+    let script = format!(
+        "import psycopg, sys\n\
+         try:\n\
+         \x20   with psycopg.connect(host='127.0.0.1', port={port}, user=sys.argv[1], password=sys.argv[2], dbname='retain', sslmode='disable', require_auth='{require_auth}', connect_timeout=20) as c:\n\
+         \x20       assert c.execute('SELECT 1').fetchone()[0] == 1\n\
+         \x20   print('ok')\n\
+         except psycopg.OperationalError as e:\n\
+         \x20   print(e)\n"
+    );
+    let (user, password) = (user.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let o = std::process::Command::new("python3")
+            .args(["-c", &script, &user, &password])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_psycopg_log_in_with_scram_and_old_users_files_still_work() -> Result<()> {
+    if !have("psql (postgresql-client)", "psql", &["--version"]) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let root = lake(dir.path()).await?;
+    // `ana` as `retain serve user add` writes her (SCRAM verifier and Argon2id hash); `old`
+    // as a users file from before SCRAM logins (the Argon2id hash only).
+    let path = dir.path().join("users.toml");
+    let mut users = Users::default();
+    users.set("ana", Role::Analyst, &Password::new("ana-Secret-1"))?;
+    users.save(&path)?;
+    let old_hash = retain_serve::hash_password(&Password::new("old-Secret-2"))?;
+    let mut text = std::fs::read_to_string(&path)?;
+    assert!(text.contains("scram = \"SCRAM-SHA-256$4096:"), "{text}");
+    text.push_str(&format!(
+        "\n[users.old]\nrole = \"records_manager\"\npassword-hash = \"{old_hash}\"\n"
+    ));
+    std::fs::write(&path, text)?;
+    let users = Users::load(&path)?;
+    assert!(users.get("ana").unwrap().scram.is_some());
+    assert!(users.get("old").unwrap().scram.is_none());
+
+    let server = Server::bind(ServeOptions {
+        lake_root: root,
+        storage_options: HashMap::new(),
+        catalog: CatalogOptions::default(),
+        listen: "127.0.0.1:0".parse()?,
+        users,
+        dev_trust: false,
+        tls: None,
+    })
+    .await?;
+    let port = server.local_addr().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    // psql: the right password logs in; a wrong one, or an unknown user, is refused alike.
+    assert_eq!(psql(port, "ana", "ana-Secret-1").await, Ok("1".to_owned()));
+    assert_eq!(psql(port, "old", "old-Secret-2").await, Ok("1".to_owned()));
+    for (user, password) in [
+        ("ana", "ana-Secret-X"),
+        ("old", "old-Secret-X"),
+        ("nobody", "ana-Secret-1"),
+    ] {
+        let e = psql(port, user, password).await.unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "Password authentication failed for user \"{user}\""
+            )),
+            "{user}: {e}"
+        );
+    }
+
+    // libpq's require_auth shows which method the server asked for.
+    if have("psycopg", "python3", &["-c", "import psycopg"]) {
+        assert_eq!(
+            psycopg(port, "ana", "ana-Secret-1", "scram-sha-256").await,
+            "ok"
+        );
+        let e = psycopg(port, "ana", "ana-Secret-1", "password").await;
+        assert!(
+            e.contains("server requested SASL authentication"),
+            "ana is asked for SCRAM, not cleartext: {e}"
+        );
+        let e = psycopg(port, "ana", "wrong", "scram-sha-256").await;
+        assert!(e.contains("Password authentication failed"), "{e}");
+        // An unknown user gets a SCRAM exchange too (nothing tells it apart).
+        let e = psycopg(port, "nobody", "x", "scram-sha-256").await;
+        assert!(e.contains("Password authentication failed"), "{e}");
+        // The old file's user: cleartext, as before.
+        assert_eq!(psycopg(port, "old", "old-Secret-2", "password").await, "ok");
+        let e = psycopg(port, "old", "old-Secret-2", "scram-sha-256").await;
+        assert!(
+            e.contains("server requested a cleartext password"),
+            "old is asked for a cleartext password: {e}"
+        );
+    }
+
+    // Malformed SASL messages on the wire: a clean 08P01 refusal naming the fault, and the
+    // server goes on serving.
+    let mut short = b"SCRAM-SHA-256\0".to_vec();
+    short.extend_from_slice(&[0, 0]);
+    assert_eq!(raw_sasl_refusal(port, "ana", &short).await?.0, "08P01");
+    let mut plus = b"SCRAM-SHA-256\0".to_vec();
+    let first = b"p=tls-server-end-point,,n=,r=abc";
+    plus.extend_from_slice(&i32::try_from(first.len())?.to_be_bytes());
+    plus.extend_from_slice(first);
+    let (code, message) = raw_sasl_refusal(port, "nobody", &plus).await?;
+    assert_eq!(code, "08P01");
+    assert!(message.contains("channel binding"), "{message}");
+    assert_eq!(psql(port, "ana", "ana-Secret-1").await, Ok("1".to_owned()));
+
+    let _ = stop.send(());
+    serving.await??;
+    Ok(())
+}
+
+/// Sends a startup message for `user`, expects the SCRAM-SHA-256 offer, answers with the
+/// SASLInitialResponse `body` and returns the SQLSTATE and message of the error that follows.
+async fn raw_sasl_refusal(port: u16, user: &str, body: &[u8]) -> Result<(String, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut startup = 196_608_i32.to_be_bytes().to_vec();
+    startup.extend_from_slice(format!("user\0{user}\0database\0retain\0\0").as_bytes());
+    let len = i32::try_from(startup.len() + 4)?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(&startup).await?;
+    let read = async |stream: &mut tokio::net::TcpStream| -> Result<(u8, Vec<u8>)> {
+        let kind = stream.read_u8().await?;
+        let len = usize::try_from(stream.read_i32().await?)? - 4;
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await?;
+        Ok((kind, body))
+    };
+    let (kind, offer) = read(&mut stream).await?;
+    assert_eq!(kind, b'R');
+    assert_eq!(offer[..4], 10_i32.to_be_bytes(), "AuthenticationSASL");
+    assert!(offer.windows(13).any(|w| w == b"SCRAM-SHA-256"));
+    stream.write_all(b"p").await?;
+    stream
+        .write_all(&i32::try_from(body.len() + 4)?.to_be_bytes())
+        .await?;
+    stream.write_all(body).await?;
+    let (kind, error) = read(&mut stream).await?;
+    assert_eq!(kind, b'E', "an ErrorResponse");
+    let field = |tag: u8| {
+        error
+            .split(|b| *b == 0)
+            .find(|f| f.first() == Some(&tag))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    };
+    Ok((field(b'C'), field(b'M')))
 }
