@@ -7,6 +7,11 @@
 //! endpoint build on it. [`reports`] defines the standard reports (`docs/reports.md`) and
 //! [`render`] prints results and reports as a table, CSV, JSON or HTML.
 //!
+//! The session has three rewrites of its own, each giving DataFusion's answers faster: hold
+//! coverage split into separate filters (`simplify`), the text tests hold conditions write
+//! evaluated without lower-casing columns (`text`), and the partial step of a `GROUP BY` on
+//! dictionary columns computed by dictionary (`group`). docs/PERFORMANCE.md has the figures.
+//!
 //! Hold coverage follows `retain-govern` exactly: a hold covers a record when its condition is
 //! true or NULL; a record is a disposal candidate when it is scheduled, its `retain_until` is on
 //! or before the cut-off (the as-of date, never after today) and no active hold covers it.

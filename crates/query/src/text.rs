@@ -479,8 +479,8 @@ fn by_value(values: &ArrayRef, list: &foldhash::HashSet<&str>) -> DfResult<Rc<Va
 }
 
 /// For each key, the bit `by_value` (0 or 1, one entry per dictionary value and a last one for
-/// keys out of range) gives its value, 64 keys to a word: eight table bytes at a time, packed
-/// into a byte by one multiplication.
+/// keys out of range) gives its value: eight keys' table bytes at a time, packed into one byte
+/// of the bitmap by one multiplication.
 fn key_bits(keys: &[i32], by_value: &[u8]) -> BooleanBuffer {
     let last = by_value.len() - 1;
     let bit = |k: i32| by_value[(k as u32 as usize).min(last)];
