@@ -96,7 +96,7 @@ struct Args {
     /// a `records` column of counts), e.g. to try DataFusion-only syntax such as `arrow_cast`.
     #[arg(long, value_name = "SQL")]
     extra_catalog: Vec<String>,
-    /// Only the stream-order layout (no clustered copy).
+    /// Only the stream-order layout (no clustered copy is made or timed).
     #[arg(long)]
     stream_only: bool,
     /// Write the report as JSON here too.
@@ -207,7 +207,7 @@ async fn run(args: Args) -> Result<()> {
         .context("the lake path is not UTF-8")?
         .to_owned();
     let mut optimize_s = None;
-    if build_s.is_some() || !clustered_dir.join("_delta_log").is_dir() {
+    if !args.stream_only && (build_s.is_some() || !clustered_dir.join("_delta_log").is_dir()) {
         if clustered_dir.exists() {
             std::fs::remove_dir_all(&clustered_dir)?;
         }
@@ -229,6 +229,9 @@ async fn run(args: Args) -> Result<()> {
 
     let mut layouts = Vec::new();
     for (layout, at) in [("stream order", &location), ("clustered", &clustered)] {
+        if args.stream_only && layout == "clustered" {
+            continue;
+        }
         let table = RecordsTable::open_or_create(at, HashMap::new()).await?;
         let files: Vec<String> = table
             .delta_table()
@@ -245,9 +248,6 @@ async fn run(args: Args) -> Result<()> {
             files.len(),
             table_bytes as f64 / (1u64 << 30) as f64
         );
-        if args.stream_only && layout == "clustered" {
-            continue;
-        }
         let mut queries = Vec::new();
         if !args.only_extra {
             queries.push(("disposal_candidates", disposal_sql(args.as_of), true));
