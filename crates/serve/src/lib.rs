@@ -15,7 +15,8 @@
 //!   `SET`); transaction statements are accepted and do nothing.
 //! - **Audited**: every statement that runs appends an `sql_query` entry (login, role, tables,
 //!   query hash; never the text) to the lake's audit trail before its result is sent.
-//! - **TLS** with a PEM certificate and key (rustls).
+//! - **TLS** with a PEM certificate and key (rustls); SCRAM logins over it are bound to the
+//!   certificate (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) when its signature allows.
 //!
 //! Built on `datafusion-postgres` (its pgwire session service, Arrow-to-wire encoding and
 //! `pg_catalog`), with Retain's own login handler and a query hook that sends every statement

@@ -4,6 +4,8 @@
 //! - A user with a SCRAM-SHA-256 verifier in the users file (everyone written by
 //!   `retain serve user add`) logs in with SCRAM-SHA-256, as PostgreSQL does by default: the
 //!   password never crosses the wire, and the client checks the server's signature in turn.
+//!   Over TLS `SCRAM-SHA-256-PLUS` is offered first, binding the login to the server's
+//!   certificate (libpq uses it by itself; `channel_binding=require` insists on it).
 //! - A user with only an Argon2id hash (files written before SCRAM logins) is asked for the
 //!   password in cleartext (PostgreSQL's `password` message) and it is checked against the
 //!   hash; each such login logs a warning to re-run `retain serve user add`.
@@ -32,7 +34,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use retain_query::Catalog;
 use tracing::{info, warn};
 
-use crate::scram::{self, Pending, ScramError, Verifier};
+use crate::scram::{self, Offer, Pending, ScramError, Verifier};
 use crate::server::Shared;
 use crate::users::{Password, Role, verify_nothing};
 
@@ -62,11 +64,12 @@ pub(crate) struct Login {
 enum Step {
     /// Asked for a cleartext password (the user has only an Argon2id hash).
     Cleartext,
-    /// Offered SCRAM-SHA-256; waiting for the client-first message. `role` is `None` for an
-    /// unknown user (whose verifier is made up).
+    /// Offered SCRAM-SHA-256 (and `-PLUS` when `plus`); waiting for the client-first
+    /// message. `role` is `None` for an unknown user (whose verifier is made up).
     ScramOffered {
         verifier: Verifier,
         role: Option<Role>,
+        plus: bool,
     },
     /// Sent the server-first message; waiting for the client-final message.
     ScramFirstSent {
@@ -94,6 +97,15 @@ impl Login {
             parameters,
             pids: RandomPidSecretKeyGenerator::default(),
             fake_secret,
+        }
+    }
+
+    /// What this connection is offered: channel binding when it came in over TLS and the
+    /// certificate has a `tls-server-end-point` hash.
+    fn offer(&self, plus: bool) -> Offer<'_> {
+        match &self.shared.end_point {
+            Some(hash) if plus => Offer::Plus(hash),
+            _ => Offer::Plain,
         }
     }
 
@@ -216,11 +228,13 @@ impl StartupHandler for Login {
                         .map_or(Role::Analyst, |u| u.role);
                     return self.accept(client, user, role).await;
                 }
+                let plus = client.is_secure() && self.shared.end_point.is_some();
                 let step = match self.shared.users.get(&user) {
                     Some(u) => match u.verifier() {
                         Some(verifier) => Step::ScramOffered {
                             verifier,
                             role: Some(u.role),
+                            plus,
                         },
                         None => {
                             warn!(user = %user, "this user has no SCRAM-SHA-256 verifier, so its password is sent in cleartext: run `retain serve user add` for it again");
@@ -230,11 +244,12 @@ impl StartupHandler for Login {
                     None => Step::ScramOffered {
                         verifier: Verifier::fake(&user, &self.fake_secret),
                         role: None,
+                        plus,
                     },
                 };
                 let ask = match step {
                     Step::Cleartext => Authentication::CleartextPassword,
-                    _ => Authentication::SASL(vec![scram::MECHANISM.to_owned()]),
+                    _ => Authentication::SASL(self.offer(plus).mechanisms()),
                 };
                 client.session_extensions().insert(step);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -249,8 +264,13 @@ impl StartupHandler for Login {
                     .map(|s| (*s).clone());
                 match step {
                     Some(Step::Cleartext) => self.cleartext(client, message).await?,
-                    Some(Step::ScramOffered { verifier, role }) => {
-                        self.scram_first(client, message, verifier, role).await?;
+                    Some(Step::ScramOffered {
+                        verifier,
+                        role,
+                        plus,
+                    }) => {
+                        self.scram_first(client, message, verifier, role, plus)
+                            .await?;
                     }
                     Some(Step::ScramFirstSent {
                         verifier,
@@ -301,6 +321,7 @@ impl Login {
         message: PasswordMessageFamily,
         verifier: Verifier,
         role: Option<Role>,
+        plus: bool,
     ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -310,17 +331,11 @@ impl Login {
         client.session_extensions().insert(Step::Finished);
         let (mechanism, first) =
             sasl_initial(message).map_err(|e| self.refuse(client, ScramError::Malformed(e)))?;
-        if mechanism != scram::MECHANISM {
-            let e = format!(
-                "the client chose `{mechanism}`; this server offers {}",
-                scram::MECHANISM
-            );
-            return Err(self.refuse(client, ScramError::Malformed(e)));
-        }
         let nonce = scram::server_nonce()
             .map_err(|e| fatal("XX000", format!("SCRAM-SHA-256 login: {e}")))?;
         let (pending, reply) =
-            scram::server_first(&verifier, &first, &nonce).map_err(|e| self.refuse(client, e))?;
+            scram::server_first(&verifier, self.offer(plus), &mechanism, &first, &nonce)
+                .map_err(|e| self.refuse(client, e))?;
         client.session_extensions().insert(Step::ScramFirstSent {
             verifier,
             role,

@@ -1,5 +1,6 @@
-//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL does it, server side, without channel
-//! binding: the stored verifier and the two steps of a login.
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL does it, server side: the stored
+//! verifier and the two steps of a login, with channel binding (`SCRAM-SHA-256-PLUS`,
+//! `tls-server-end-point`, RFC 5929) over TLS.
 //!
 //! The users file keeps a verifier in PostgreSQL's `pg_authid` format,
 //! `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64). It lets the server
@@ -12,6 +13,13 @@
 //! 2. client-final `c=biws,r=<both nonces>,p=<proof>` → [`server_final`] checks the proof
 //!    against StoredKey and answers `v=<server signature>`.
 //!
+//! Over TLS the server also offers `SCRAM-SHA-256-PLUS` ([`Offer::Plus`]). A client that picks
+//! it starts with `p=tls-server-end-point,,` and its `c=` carries that header followed by the
+//! hash of the certificate it was shown ([`end_point_hash`]). The proof covers `c=`, so a
+//! man in the middle that terminates TLS with its own certificate cannot relay the login. A
+//! client that could bind but saw no `-PLUS` offer says `y,,`; over TLS that means the offer was
+//! stripped on the way, and the login is refused (RFC 5802, section 6).
+//!
 //! Everything here is a pure function of its inputs (the random parts are passed in), so the
 //! RFC's worked example is a unit test.
 
@@ -23,6 +31,56 @@ use ring::{digest, hmac, pbkdf2};
 
 /// The mechanism name, as offered to the client.
 pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// The mechanism with channel binding, offered over TLS.
+pub(crate) const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The one channel-binding type PostgreSQL and libpq use.
+const END_POINT: &str = "tls-server-end-point";
+
+/// What the server offers a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer<'a> {
+    /// `SCRAM-SHA-256` only: a connection without TLS, or a certificate whose signature
+    /// algorithm gives no `tls-server-end-point` hash.
+    Plain,
+    /// `SCRAM-SHA-256-PLUS` first, then `SCRAM-SHA-256`; the hash of the server's certificate
+    /// that a binding client must send ([`end_point_hash`]).
+    Plus(&'a [u8]),
+}
+
+impl Offer<'_> {
+    /// The mechanism names to send, preferred first (as PostgreSQL lists them).
+    pub(crate) fn mechanisms(self) -> Vec<String> {
+        match self {
+            Offer::Plain => vec![MECHANISM.to_owned()],
+            Offer::Plus(_) => vec![MECHANISM_PLUS.to_owned(), MECHANISM.to_owned()],
+        }
+    }
+}
+
+/// The `tls-server-end-point` channel-binding data of a certificate (RFC 5929, section 4.1):
+/// the hash of its DER bytes with its signature's hash function, SHA-256 where that is MD5 or
+/// SHA-1. `None` for a signature with no single hash function (Ed25519, RSA-PSS), where
+/// PostgreSQL offers no channel binding either.
+pub(crate) fn end_point_hash(certificate_der: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use x509_certificate::{SignatureAlgorithm as S, X509Certificate};
+    let certificate = X509Certificate::from_der(certificate_der)
+        .map_err(|e| format!("the certificate cannot be read: {e}"))?;
+    let algorithm = match certificate.signature_algorithm() {
+        Some(S::RsaSha1 | S::RsaSha256 | S::EcdsaSha256) => &digest::SHA256,
+        Some(S::RsaSha384 | S::EcdsaSha384) => &digest::SHA384,
+        Some(S::RsaSha512) => &digest::SHA512,
+        _ if certificate.signature_algorithm_oid().as_ref() == ECDSA_SHA512 => &digest::SHA512,
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        digest::digest(algorithm, certificate_der).as_ref().to_vec(),
+    ))
+}
+
+/// ecdsa-with-SHA512, 1.2.840.10045.4.3.4 (DER contents), which x509-certificate does not name.
+const ECDSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
 
 /// PostgreSQL's default and the least a verifier may use.
 pub(crate) const MIN_ITERATIONS: u32 = 4096;
@@ -58,10 +116,10 @@ impl Verifier {
 
     /// The verifier of `password` with this salt and iteration count.
     ///
-    /// PostgreSQL first normalises the password with SASLprep; passwords of plain ASCII (and
-    /// most others) are unchanged by it, and libpq sends the password as typed when
-    /// normalising fails, so this uses the bytes as given.
+    /// The password is first normalised with SASLprep (RFC 4013), as PostgreSQL does when it
+    /// stores a verifier and libpq does before it computes a proof ([`prepared`]).
     pub fn compute(password: &str, salt: &[u8], iterations: u32) -> Self {
+        let password = prepared(password);
         let mut salted = [0u8; 32];
         pbkdf2::derive(
             pbkdf2::PBKDF2_HMAC_SHA256,
@@ -150,10 +208,23 @@ impl fmt::Display for Verifier {
     }
 }
 
+/// The password as SCRAM hashes it: SASLprep'd (RFC 4013: non-ASCII spaces become a space,
+/// soft hyphens and the like are dropped, NFKC), or as given when SASLprep refuses it
+/// (prohibited or unassigned characters), as PostgreSQL's `pg_saslprep` and libpq do. ASCII
+/// passwords are used as given (PostgreSQL's shortcut; SASLprep would refuse control
+/// characters, with the same result).
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    if password.is_ascii() {
+        return password.into();
+    }
+    stringprep::saslprep(password).unwrap_or(password.into())
+}
+
 /// Why a login step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScramError {
-    /// The client's message is not what SCRAM-SHA-256 without channel binding sends.
+    /// The client's message is not what SCRAM-SHA-256 sends, or its channel binding does not
+    /// match the connection.
     Malformed(String),
     /// The proof does not match: a wrong password (or an unknown user).
     WrongProof,
@@ -166,8 +237,9 @@ fn malformed(reason: impl Into<String>) -> ScramError {
 /// What the server remembers between its first message and the client's last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pending {
-    /// The GS2 header the client sent (`n,,` or `y,,`), echoed base64 in `c=`.
-    gs2_header: String,
+    /// What `c=` must decode to: the GS2 header the client sent (`n,,`, `y,,` or
+    /// `p=tls-server-end-point,,`), followed by the certificate's hash when it binds.
+    binding: Vec<u8>,
     /// client-first-message-bare.
     client_first_bare: String,
     /// server-first-message.
@@ -183,28 +255,61 @@ pub(crate) fn server_nonce() -> Result<String, String> {
     Ok(BASE64.encode(bytes))
 }
 
-/// Step 1: reads the client-first message and returns the server-first message to send.
+/// Step 1: reads the mechanism the client chose and its client-first message, and returns
+/// the server-first message to send. `offer` is what the server offered this connection;
 /// `server_nonce` is the server's random half of the nonce ([`server_nonce`]).
 pub(crate) fn server_first(
     verifier: &Verifier,
+    offer: Offer<'_>,
+    mechanism: &str,
     client_first: &[u8],
     server_nonce: &str,
 ) -> Result<(Pending, String), ScramError> {
+    let bound = match (mechanism, offer) {
+        (MECHANISM, _) => None,
+        (MECHANISM_PLUS, Offer::Plus(hash)) => Some(hash),
+        (other, offer) => {
+            return Err(malformed(format!(
+                "the client chose `{other}`; this server offers {}",
+                offer.mechanisms().join(" and ")
+            )));
+        }
+    };
     let client_first = std::str::from_utf8(client_first)
         .map_err(|_| malformed("the client-first message is not UTF-8"))?;
     // gs2-header: a channel-binding flag, an optional authzid, then the bare message.
     let (flag, rest) = client_first
         .split_once(',')
         .ok_or_else(|| malformed("the client-first message has no GS2 header"))?;
-    match flag {
-        "n" | "y" => {}
-        f if f.starts_with("p=") => {
-            return Err(malformed(
-                "channel binding (SCRAM-SHA-256-PLUS) is not offered",
-            ));
+    match (flag, bound) {
+        ("n" | "y", Some(_)) => {
+            return Err(malformed(format!(
+                "{MECHANISM_PLUS} needs channel binding (`p={END_POINT}`) in the GS2 header"
+            )));
         }
+        ("y", None) if offer != Offer::Plain => {
+            return Err(malformed(format!(
+                "the client can bind the channel but saw no {MECHANISM_PLUS} offer, which this \
+                 server made: something between them may have removed it"
+            )));
+        }
+        ("n" | "y", None) => {}
+        (f, None) if f.starts_with("p=") => {
+            return Err(malformed(format!(
+                "channel binding (p=) needs {MECHANISM_PLUS}, not {MECHANISM}"
+            )));
+        }
+        (f, Some(_)) if f.strip_prefix("p=").is_some_and(|t| t != END_POINT) => {
+            return Err(malformed(format!(
+                "channel binding type `{}` is not supported (only {END_POINT})",
+                &f[2..]
+            )));
+        }
+        (f, Some(_)) if f.starts_with("p=") => {}
         _ => {
-            return Err(malformed("the GS2 header does not start with `n` or `y`"));
+            return Err(malformed(
+                "the GS2 header does not start with `n`, `y` or `p=`",
+            ));
         }
     }
     let (authzid, bare) = rest
@@ -242,9 +347,11 @@ pub(crate) fn server_first(
         BASE64.encode(&verifier.salt),
         verifier.iterations
     );
+    let mut binding = format!("{flag},,").into_bytes();
+    binding.extend_from_slice(bound.unwrap_or_default());
     Ok((
         Pending {
-            gs2_header: format!("{flag},,"),
+            binding,
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
@@ -270,10 +377,13 @@ pub(crate) fn server_final(
         .next()
         .and_then(|a| a.strip_prefix("c="))
         .ok_or_else(|| malformed("the client-final message has no channel binding (c=)"))?;
-    if BASE64.decode(binding).ok().as_deref() != Some(pending.gs2_header.as_bytes()) {
-        return Err(malformed(
-            "the channel binding (c=) does not repeat the GS2 header",
-        ));
+    if BASE64.decode(binding).ok().as_deref() != Some(pending.binding.as_slice()) {
+        return Err(malformed(if pending.binding.starts_with(b"p=") {
+            "the channel binding (c=) does not match this connection's certificate: \
+                 the client may be talking to this server through someone else's TLS"
+        } else {
+            "the channel binding (c=) does not repeat the GS2 header"
+        }));
     }
     let nonce = attributes
         .next()
@@ -352,7 +462,14 @@ mod tests {
     #[test]
     fn the_rfc_7677_example_logs_in_and_the_server_signature_matches() {
         let v = rfc_verifier();
-        let (pending, first) = server_first(&v, CLIENT_FIRST.as_bytes(), SERVER_NONCE).unwrap();
+        let (pending, first) = server_first(
+            &v,
+            Offer::Plain,
+            MECHANISM,
+            CLIENT_FIRST.as_bytes(),
+            SERVER_NONCE,
+        )
+        .unwrap();
         assert_eq!(
             first,
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
@@ -375,7 +492,14 @@ mod tests {
             &BASE64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap(),
             4096,
         );
-        let (pending, _) = server_first(&other, CLIENT_FIRST.as_bytes(), SERVER_NONCE).unwrap();
+        let (pending, _) = server_first(
+            &other,
+            Offer::Plain,
+            MECHANISM,
+            CLIENT_FIRST.as_bytes(),
+            SERVER_NONCE,
+        )
+        .unwrap();
         assert_eq!(
             server_final(&other, &pending, CLIENT_FINAL.as_bytes()),
             Err(ScramError::WrongProof)
@@ -433,6 +557,151 @@ mod tests {
         }
     }
 
+    /// The client's last message for `password`, computed as RFC 5802 says: the test's own
+    /// client, with `binding` as what `c=` carries.
+    fn client_final(
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+        binding: &[u8],
+    ) -> String {
+        let field = |name: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(name))
+                .unwrap()
+                .to_owned()
+        };
+        let (nonce, salt) = (field("r="), BASE64.decode(field("s=")).unwrap());
+        let mut salted = [0u8; 32];
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(4096).unwrap(),
+            &salt,
+            prepared(password).as_bytes(),
+            &mut salted,
+        );
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        let without_proof = format!("c={},r={nonce}", BASE64.encode(binding));
+        let auth = format!("{client_first_bare},{server_first},{without_proof}");
+        let signature = hmac_sha256(&sha256(&client_key), auth.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        format!("{without_proof},p={}", BASE64.encode(proof))
+    }
+
+    #[test]
+    fn channel_binding_is_checked_against_the_certificate_and_a_stripped_offer_refused() {
+        let v = rfc_verifier();
+        let hash = [7u8; 32];
+        let plus = Offer::Plus(&hash);
+        assert_eq!(plus.mechanisms(), [MECHANISM_PLUS, MECHANISM]);
+        assert_eq!(Offer::Plain.mechanisms(), [MECHANISM]);
+        let gs2 = b"p=tls-server-end-point,,";
+        let bound = [&gs2[..], &hash].concat();
+        let first = format!("{}n=,r=abc", std::str::from_utf8(gs2).unwrap());
+        let login = |binding: &[u8], password: &str| {
+            let (pending, reply) =
+                server_first(&v, plus, MECHANISM_PLUS, first.as_bytes(), SERVER_NONCE).unwrap();
+            let last = client_final(password, "n=,r=abc", &reply, binding);
+            server_final(&v, &pending, last.as_bytes())
+        };
+        // The certificate's hash after the header: in, and the server proves itself.
+        assert!(login(&bound, "pencil").unwrap().starts_with("v="));
+        assert_eq!(login(&bound, "pencil!"), Err(ScramError::WrongProof));
+        // Someone else's certificate (a relay with its own TLS), or no hash at all.
+        let relayed = [&gs2[..], &[8u8; 32]].concat();
+        for binding in [&relayed[..], gs2, b"n,,"] {
+            match login(binding, "pencil") {
+                Err(ScramError::Malformed(m)) => assert!(m.contains("certificate"), "{m}"),
+                other => panic!("{binding:?}: {other:?}"),
+            }
+        }
+        // Over TLS a client may still choose not to bind (`n`), but `y` says it saw no -PLUS
+        // offer, which this server made.
+        let (pending, reply) =
+            server_first(&v, plus, MECHANISM, b"n,,n=,r=abc", SERVER_NONCE).unwrap();
+        let last = client_final("pencil", "n=,r=abc", &reply, b"n,,");
+        assert!(server_final(&v, &pending, last.as_bytes()).is_ok());
+        for (offer, mechanism, first, why) in [
+            (plus, MECHANISM, "y,,n=,r=abc", "removed"),
+            (plus, MECHANISM_PLUS, "n,,n=,r=abc", "needs channel binding"),
+            (plus, MECHANISM_PLUS, "y,,n=,r=abc", "needs channel binding"),
+            (
+                plus,
+                MECHANISM_PLUS,
+                "p=tls-unique,,n=,r=abc",
+                "`tls-unique` is not supported",
+            ),
+            (
+                plus,
+                MECHANISM,
+                "p=tls-server-end-point,,n=,r=abc",
+                "needs SCRAM-SHA-256-PLUS",
+            ),
+            (
+                plus,
+                "SCRAM-SHA-1",
+                "n,,n=,r=abc",
+                "offers SCRAM-SHA-256-PLUS and SCRAM-SHA-256",
+            ),
+            (
+                Offer::Plain,
+                MECHANISM_PLUS,
+                "p=tls-server-end-point,,n=,r=abc",
+                "offers SCRAM-SHA-256",
+            ),
+            (
+                Offer::Plain,
+                MECHANISM,
+                "p=tls-server-end-point,,n=,r=abc",
+                "needs SCRAM-SHA-256-PLUS",
+            ),
+        ] {
+            match server_first(&v, offer, mechanism, first.as_bytes(), SERVER_NONCE) {
+                Err(ScramError::Malformed(m)) => {
+                    assert!(m.contains(why), "{mechanism} {first}: {m}")
+                }
+                other => panic!("{mechanism} {first}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_as_libpq_does() {
+        // RFC 4013 section 3's examples, and what PostgreSQL keeps as given.
+        for (typed, hashed) in [
+            ("I\u{AD}X", "IX"),
+            ("user", "user"),
+            ("USER", "USER"),
+            ("\u{AA}", "a"),
+            ("\u{2168}", "IX"),
+            ("a\u{A0}b", "a b"),
+            ("Gr\u{FC}n", "Gr\u{FC}n"),
+            // Refused by SASLprep, so used as typed: a control character, an RTL string
+            // ending in a digit, an unassigned code point.
+            ("\u{7}", "\u{7}"),
+            ("\u{627}1", "\u{627}1"),
+            ("x\u{E0080}", "x\u{E0080}"),
+        ] {
+            assert_eq!(prepared(typed), hashed, "{typed:?}");
+            let salt = b"0123456789abcdef";
+            assert_eq!(
+                Verifier::compute(typed, salt, 4096),
+                Verifier::compute(hashed, salt, 4096),
+                "{typed:?}"
+            );
+        }
+        let salt = b"0123456789abcdef";
+        assert_ne!(
+            Verifier::compute("a\u{A0}b", salt, 4096),
+            Verifier::compute("ab", salt, 4096)
+        );
+    }
+
     #[test]
     fn malformed_client_messages_are_refused_not_panicked_on() {
         let v = rfc_verifier();
@@ -453,14 +722,21 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    server_first(&v, first, SERVER_NONCE),
+                    server_first(&v, Offer::Plain, MECHANISM, first, SERVER_NONCE),
                     Err(ScramError::Malformed(_))
                 ),
                 "{:?}",
                 String::from_utf8_lossy(first)
             );
         }
-        let (pending, _) = server_first(&v, CLIENT_FIRST.as_bytes(), SERVER_NONCE).unwrap();
+        let (pending, _) = server_first(
+            &v,
+            Offer::Plain,
+            MECHANISM,
+            CLIENT_FIRST.as_bytes(),
+            SERVER_NONCE,
+        )
+        .unwrap();
         let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let proof = "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         for last in [
@@ -484,7 +760,8 @@ mod tests {
             Err(ScramError::Malformed(_))
         ));
         // `y,,` (the client could bind but the server does not offer it) echoes as `eSws`.
-        let (pending, _) = server_first(&v, b"y,,n=,r=abc", SERVER_NONCE).unwrap();
+        let (pending, _) =
+            server_first(&v, Offer::Plain, MECHANISM, b"y,,n=,r=abc", SERVER_NONCE).unwrap();
         assert_eq!(
             server_final(
                 &v,

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::login::Login;
 use crate::queries::Queries;
+use crate::scram;
 use crate::users::{Role, Users};
 
 /// Where `retain serve` listens unless told otherwise: the loopback address, port 5433 (so it
@@ -75,6 +76,9 @@ pub(crate) struct Shared {
     pub users: Users,
     pub dev_trust: bool,
     pub audit: Mutex<AuditTable>,
+    /// The `tls-server-end-point` hash of the TLS certificate, when it has one: SCRAM logins
+    /// over TLS are then offered channel binding.
+    pub end_point: Option<Vec<u8>>,
 }
 
 /// Opens the lake's catalog as `role` sees it: everything for a records manager, PHI masked
@@ -174,7 +178,9 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
+/// The TLS acceptor for the certificate and key, and the certificate's `tls-server-end-point`
+/// hash for channel binding (`None` when its signature algorithm gives none).
+fn tls_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Option<Vec<u8>>)> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -188,6 +194,13 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
     if certs.is_empty() {
         return Err(bad(&files.cert, "no certificate in the file".to_owned()));
     }
+    let end_point = scram::end_point_hash(&certs[0]).map_err(|e| bad(&files.cert, e))?;
+    if end_point.is_none() {
+        warn!(
+            cert = %files.cert.display(),
+            "the certificate's signature algorithm has no tls-server-end-point hash (Ed25519, RSA-PSS): logins over TLS get no channel binding (SCRAM-SHA-256-PLUS); use an RSA or ECDSA certificate signed with SHA-256 or better for it"
+        );
+    }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| bad(&files.key, format!("not a PEM private key: {e}")))?;
     let config = rustls::ServerConfig::builder()
@@ -199,7 +212,7 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
                 format!("the key does not fit the certificate: {e}"),
             )
         })?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), end_point))
 }
 
 impl Server {
@@ -219,7 +232,10 @@ impl Server {
                 reason: "no users: add one with `retain serve user add NAME --role analyst|records_manager`".to_owned(),
             });
         }
-        let tls = options.tls.as_ref().map(tls_acceptor).transpose()?;
+        let (tls, end_point) = match options.tls.as_ref().map(tls_acceptor).transpose()? {
+            Some((acceptor, end_point)) => (Some(acceptor), end_point),
+            None => (None, None),
+        };
         let lake = Lake {
             root: options.lake_root.clone(),
             storage_options: options.storage_options.clone(),
@@ -237,6 +253,7 @@ impl Server {
             users: options.users,
             dev_trust: options.dev_trust,
             audit: Mutex::new(audit),
+            end_point,
         });
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(TransactionStatementHook),

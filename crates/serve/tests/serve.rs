@@ -252,11 +252,21 @@ fn have(what: &str, program: &str, args: &[&str]) -> bool {
 
 /// `psql -c 'SELECT 1'` as `user` with `password`: its output, or its error.
 async fn psql(port: u16, user: &str, password: &str) -> std::result::Result<String, String> {
-    let (user, password) = (user.to_owned(), password.to_owned());
+    psql_with(port, user, password, "sslmode=disable").await
+}
+
+/// [`psql`] with more connection options (`sslmode=require channel_binding=require`).
+async fn psql_with(
+    port: u16,
+    user: &str,
+    password: &str,
+    options: &str,
+) -> std::result::Result<String, String> {
+    let (user, password, options) = (user.to_owned(), password.to_owned(), options.to_owned());
     tokio::task::spawn_blocking(move || {
         let o = std::process::Command::new("psql")
             .arg(format!(
-                "host=127.0.0.1 port={port} user={user} dbname=retain sslmode=disable connect_timeout=20"
+                "host=127.0.0.1 port={port} user={user} dbname=retain connect_timeout=20 {options}"
             ))
             .args(["-X", "-w", "-A", "-t", "-c", "SELECT 1 AS one"])
             .env_remove("PGSERVICE")
@@ -298,6 +308,9 @@ async fn psycopg(port: u16, user: &str, password: &str, require_auth: &str) -> S
     .unwrap()
 }
 
+/// A password SASLprep changes (RFC 4013): a no-break space and U+2168 ROMAN NUMERAL NINE.
+const UMA_PASSWORD: &str = "Gr\u{FC}n\u{A0}\u{2168}-7";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_psycopg_log_in_with_scram_and_old_users_files_still_work() -> Result<()> {
     if !have("psql (postgresql-client)", "psql", &["--version"]) {
@@ -310,6 +323,10 @@ async fn psql_and_psycopg_log_in_with_scram_and_old_users_files_still_work() -> 
     let path = dir.path().join("users.toml");
     let mut users = Users::default();
     users.set("ana", Role::Analyst, &Password::new("ana-Secret-1"))?;
+    // libpq SASLprep's a password before it computes its proof (the no-break space becomes
+    // a space, the Roman numeral nine `IX`): the stored verifier must have been made the same
+    // way.
+    users.set("uma", Role::Analyst, &Password::new(UMA_PASSWORD))?;
     users.save(&path)?;
     let old_hash = retain_serve::hash_password(&Password::new("old-Secret-2"))?;
     let mut text = std::fs::read_to_string(&path)?;
@@ -341,6 +358,7 @@ async fn psql_and_psycopg_log_in_with_scram_and_old_users_files_still_work() -> 
     // psql: the right password logs in; a wrong one, or an unknown user, is refused alike.
     assert_eq!(psql(port, "ana", "ana-Secret-1").await, Ok("1".to_owned()));
     assert_eq!(psql(port, "old", "old-Secret-2").await, Ok("1".to_owned()));
+    assert_eq!(psql(port, "uma", UMA_PASSWORD).await, Ok("1".to_owned()));
     for (user, password) in [
         ("ana", "ana-Secret-X"),
         ("old", "old-Secret-X"),
@@ -435,4 +453,129 @@ async fn raw_sasl_refusal(port: u16, user: &str, body: &[u8]) -> Result<(String,
             .unwrap_or_default()
     };
     Ok((field(b'C'), field(b'M')))
+}
+
+/// Over TLS, logins are bound to the server's certificate (SCRAM-SHA-256-PLUS,
+/// `tls-server-end-point`) as libpq computes it: SHA-256 of an RSA/SHA-256 certificate, SHA-384
+/// of an ECDSA/SHA-384 one. An Ed25519 certificate has no such hash, so no binding is offered
+/// (as PostgreSQL), and neither is it without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_over_tls_are_bound_to_the_certificate() -> Result<()> {
+    if !have("psql (postgresql-client)", "psql", &["--version"])
+        || !have("openssl", "openssl", &["version"])
+    {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let root = lake(dir.path()).await?;
+    let mut users = Users::default();
+    users.set("ana", Role::Analyst, &Password::new("ana-Secret-1"))?;
+    for (name, key, binds) in [
+        ("rsa", &["-newkey", "rsa:2048", "-sha256"][..], true),
+        (
+            "p384",
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-sha384",
+            ],
+            true,
+        ),
+        ("ed25519", &["-newkey", "ed25519"], false),
+    ] {
+        let (cert, key_file) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        let o = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args(key)
+            .arg("-keyout")
+            .arg(&key_file)
+            .arg("-out")
+            .arg(&cert)
+            .output()?;
+        assert!(
+            o.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let server = Server::bind(ServeOptions {
+            lake_root: root.clone(),
+            storage_options: HashMap::new(),
+            catalog: CatalogOptions::default(),
+            listen: "127.0.0.1:0".parse()?,
+            users: users.clone(),
+            dev_trust: false,
+            tls: Some(retain_serve::TlsFiles {
+                cert,
+                key: key_file,
+            }),
+        })
+        .await?;
+        let port = server.local_addr().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+
+        let tls = "sslmode=require";
+        let bound = "sslmode=require channel_binding=require";
+        // libpq's default binds when it is offered; either way the user is in.
+        assert_eq!(
+            psql_with(port, "ana", "ana-Secret-1", tls).await,
+            Ok("1".to_owned()),
+            "{name}"
+        );
+        let required = psql_with(port, "ana", "ana-Secret-1", bound).await;
+        if binds {
+            assert_eq!(required, Ok("1".to_owned()), "{name}");
+            // A wrong password or an unknown user, bound: refused as ever.
+            for (user, password) in [("ana", "ana-Secret-X"), ("nobody", "ana-Secret-1")] {
+                let e = psql_with(port, user, password, bound).await.unwrap_err();
+                assert!(
+                    e.contains("Password authentication failed"),
+                    "{name} {user}: {e}"
+                );
+            }
+        } else {
+            let e = required.unwrap_err();
+            assert!(e.contains("channel binding"), "{name}: {e}");
+        }
+        // A client that chooses not to bind, and one without TLS, get plain SCRAM-SHA-256.
+        let plain = "sslmode=require channel_binding=disable";
+        assert_eq!(
+            psql_with(port, "ana", "ana-Secret-1", plain).await,
+            Ok("1".to_owned()),
+            "{name}"
+        );
+        assert_eq!(
+            psql(port, "ana", "ana-Secret-1").await,
+            Ok("1".to_owned()),
+            "{name}"
+        );
+        let e = psql_with(
+            port,
+            "ana",
+            "ana-Secret-1",
+            "sslmode=disable channel_binding=require",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("channel binding"), "{name}: {e}");
+
+        let _ = stop.send(());
+        serving.await??;
+    }
+    Ok(())
 }
