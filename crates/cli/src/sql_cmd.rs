@@ -18,6 +18,7 @@ use clap::Args;
 use retain_lake::{AuditAction, AuditEntry, AuditTable};
 use retain_query::datafusion::arrow::array::RecordBatch;
 use retain_query::datafusion::arrow::datatypes::SchemaRef;
+use retain_query::datafusion::logical_expr::LogicalPlan;
 use retain_query::{Catalog, CatalogOptions, Statement, render, table_location};
 
 use crate::hold_cmd::LakeArgs;
@@ -54,6 +55,11 @@ pub struct SqlArgs {
     /// Print each statement's row count and elapsed time to standard error.
     #[arg(long)]
     timing: bool,
+    /// Read PHI columns (addresses, subject, patient references, a hold's matter and
+    /// condition, ...) as NULL, as the analyst role does through `retain serve`: output to hand
+    /// on. EXPLAIN is refused (plans print the holds' conditions).
+    #[arg(long, env = "RETAIN_SQL_MASK_PHI")]
+    mask_phi: bool,
     /// Who runs the queries (for the audit trail; default: $USER).
     #[arg(long, value_name = "NAME", env = "RETAIN_SQL_BY")]
     by: Option<String>,
@@ -108,10 +114,16 @@ struct Session {
     by: String,
     format: Format,
     timing: bool,
+    mask_phi: bool,
 }
 
 async fn sql(a: SqlArgs) -> Result<ExitCode> {
     let (audit, catalog) = open_for_reading(&a.lake, a.config.clone(), a.memory_limit).await?;
+    if a.mask_phi {
+        retain_serve::mask::mask_for_analyst(&catalog)
+            .await
+            .context("masking the PHI columns")?;
+    }
     let by = reader(a.by.clone());
     let mut s = Session {
         catalog,
@@ -119,6 +131,7 @@ async fn sql(a: SqlArgs) -> Result<ExitCode> {
         by,
         format: a.format,
         timing: a.timing,
+        mask_phi: a.mask_phi,
     };
     let text = if let Some(c) = a.command {
         c
@@ -137,7 +150,6 @@ async fn sql(a: SqlArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A retain-query error as a CLI error: the user's to fix (exit 2) or not (exit 1).
 /// The lake's audit table and a read-only catalog over the lake at `root`; a root without
 /// `records` is refused (exit 2), so a mistyped `--lake` creates nothing.
 pub(crate) async fn open_for_reading(
@@ -176,6 +188,7 @@ pub(crate) fn reader(by: Option<String>) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// A retain-query error as a CLI error: the user's to fix (exit 2) or not (exit 1).
 pub(crate) fn query_error(e: retain_query::Error) -> anyhow::Error {
     if e.is_bad_input() {
         BadInput(e.to_string()).into()
@@ -188,6 +201,17 @@ pub(crate) fn query_error(e: retain_query::Error) -> anyhow::Error {
 /// each in turn.
 async fn run_text(s: &mut Session, text: &str) -> Result<()> {
     let statements = s.catalog.plan(text).await.map_err(query_error)?;
+    if s.mask_phi
+        && let Some(st) = statements
+            .iter()
+            .find(|st| matches!(st.plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)))
+    {
+        return Err(BadInput(format!(
+            "statement {}: EXPLAIN is not available with --mask-phi: plans print the holds' conditions, which can name patients",
+            st.index
+        ))
+        .into());
+    }
     for st in &statements {
         let started = Instant::now();
         let result = s.catalog.execute(st).await;
@@ -229,17 +253,20 @@ async fn audit(s: &mut Session, st: &Statement, rows: Option<usize>) -> Result<(
         st.tables.join(",")
     };
     // No query text: literals in it (a name, an MRN) can be PHI. The hash identifies it.
-    let mut entry = AuditEntry::new(AuditAction::SqlQuery, &s.by, Utc::now(), target).with_details(
-        &serde_json::json!({
-            "query_sha256": st.sha256,
-            "statement": st.index,
-            "tables": st.tables,
-            "named": st.named,
-            "versions": versions,
-            "outcome": if rows.is_some() { "ok" } else { "failed" },
-            "rows": rows,
-        }),
-    );
+    let mut details = serde_json::json!({
+        "query_sha256": st.sha256,
+        "statement": st.index,
+        "tables": st.tables,
+        "named": st.named,
+        "versions": versions,
+        "outcome": if rows.is_some() { "ok" } else { "failed" },
+        "rows": rows,
+    });
+    if s.mask_phi {
+        details["masked"] = true.into();
+    }
+    let mut entry =
+        AuditEntry::new(AuditAction::SqlQuery, &s.by, Utc::now(), target).with_details(&details);
     if let Some(v) = versions.get("records").copied().flatten() {
         entry = entry.with_table_version(v as i64);
     }

@@ -2333,6 +2333,58 @@ mod sql {
         let o = ok(retain_in(d, &["sql", "-c", "SELECT 1 AS one"]));
         assert!(stdout(&o).ends_with("1 row\n"), "{}", stdout(&o));
 
+        // --mask-phi: PHI columns read as NULL, everything else (hold coverage too) as stored;
+        // EXPLAIN, which prints the holds' conditions, is refused before anything runs.
+        let phi = "SELECT count(*) AS n, count(subject) AS subjects, count(from_address) AS senders, \
+                   count(DISTINCT category) AS categories FROM records";
+        let o = ok(retain_in(d, &["sql", "--format", "csv", "-c", phi]));
+        let stored: Vec<u64> = stdout(&o)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(
+            stored[1] > 0 && stored[2] > 0,
+            "the demo's mail has subjects and senders: {stored:?}"
+        );
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--mask-phi",
+                "--format",
+                "csv",
+                "-c",
+                &format!("{phi}; SELECT count(*) AS held FROM records_on_hold"),
+            ],
+        ));
+        assert_eq!(
+            stdout(&o),
+            format!(
+                "n,subjects,senders,categories\n{total},0,0,{}\nheld\n{}\n",
+                by_category.len(),
+                by_category["clinical"]
+            )
+        );
+        let o = retain_in(
+            d,
+            &[
+                "sql",
+                "--mask-phi",
+                "-c",
+                "SELECT 1; EXPLAIN SELECT * FROM records_on_hold",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("statement 2: EXPLAIN is not available with --mask-phi"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(stdout(&o), "", "nothing runs");
+
         // Every statement run is in the audit trail: who, which tables, a hash, no query text.
         let show = json(&retain_in(
             d,
@@ -2344,7 +2396,12 @@ mod sql {
             .iter()
             .filter(|e| e["action"] == "sql_query")
             .collect();
-        assert_eq!(queries.len(), 7, "{queries:?}");
+        assert_eq!(queries.len(), 10, "{queries:?}");
+        let masked = queries
+            .iter()
+            .filter(|e| e["details"]["masked"] == true)
+            .count();
+        assert_eq!(masked, 2, "the two statements run with --mask-phi say so");
         let by_analyst = queries.iter().filter(|e| e["actor"] == "analyst").count();
         assert_eq!(by_analyst, 3);
         for e in &queries {
