@@ -2885,6 +2885,32 @@ mod serve {
         for s in &secrets {
             assert!(!text.contains(s.as_str()), "the audit trail holds PHI");
         }
+        // The same counts with the JSON operators over `details`, in retain sql and over the
+        // wire (a new login reads the entries written so far).
+        let o = ok(retain_in(
+            d,
+            &[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                "SELECT actor, details->>'role' AS role, count(*) AS n FROM audit \
+                 WHERE action = 'sql_query' AND details->>'via' = 'serve' GROUP BY 1, 2 ORDER BY 1",
+            ],
+        ));
+        let counted: BTreeMap<(String, String), usize> = stdout(&o)
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                ((f[0].to_owned(), f[1].to_owned()), f[2].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(counted, by);
+        let o = ok(rita(
+            "SELECT DISTINCT details->>'role' FROM audit WHERE actor = 'ana' AND json_get_str(details, 'via') = 'serve'",
+        ));
+        assert_eq!(lines(&o), ["analyst"]);
         let v: serde_json::Value = serde_json::from_slice(
             &ok(retain_in(
                 d,

@@ -47,7 +47,7 @@ impl HoldSet {
         holds: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self> {
         // One context for parsing and planning (building one registers every function).
-        static CTX: LazyLock<SessionContext> = LazyLock::new(SessionContext::new);
+        static CTX: LazyLock<SessionContext> = LazyLock::new(sql_session);
         let ctx = &*CTX;
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| Error::Query {
             doing: "reading the records schema".to_owned(),
@@ -221,12 +221,21 @@ fn compile(
     Ok(physical)
 }
 
+/// A DataFusion session that reads SQL as PostgreSQL writes it, as the SQL catalog
+/// (`retain-query`) does: a hold's condition means the same here, where coverage decides
+/// disposal, and in the catalog's views (operator precedence differs between dialects).
+pub(crate) fn sql_session() -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    SessionContext::new_with_config(config)
+}
+
 /// Whether the SQL text has a SELECT keyword outside string literals and quoted names.
 fn mentions_select(sql: &str) -> bool {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    Tokenizer::new(&GenericDialect {}, sql)
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize()
         .map(|tokens| {
             tokens.iter().any(

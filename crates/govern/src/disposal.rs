@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
     Array, AsArray, Date32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::prelude::{col, lit};
 use retain_lake::deltalake::DeltaTable;
 use retain_lake::deltalake::kernel::Transaction;
 use retain_lake::deltalake::kernel::transaction::CommitProperties;
@@ -603,7 +603,7 @@ async fn query_records(records: &RecordsTable, query: &str) -> Result<Vec<Record
         doing: "reading the records table".to_owned(),
         source: Box::new(e),
     };
-    let ctx = SessionContext::new();
+    let ctx = crate::coverage::sql_session();
     let provider = records.delta_table().table_provider().await.map_err(fail)?;
     ctx.register_table("records", provider).map_err(fail)?;
     let batches = ctx

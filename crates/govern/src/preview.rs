@@ -7,7 +7,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::prelude::SessionContext;
+
 use retain_lake::RecordsTable;
 use serde::Serialize;
 
@@ -67,7 +67,7 @@ pub async fn preview(
         .refresh()
         .await
         .map_err(|e| Error::Lake(Box::new(e)))?;
-    let ctx = SessionContext::new();
+    let ctx = crate::coverage::sql_session();
     let fail = |doing: &str, e: datafusion::error::DataFusionError| Error::Query {
         doing: doing.to_owned(),
         source: Box::new(e),

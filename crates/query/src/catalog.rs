@@ -21,6 +21,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF,
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use retain_events::{EVENTS_TABLE, events_schema};
 use retain_govern::{
     DISPOSALS_TABLE, HOLDS_TABLE, MANIFESTS_TABLE, covered_clause, disposals_schema, holds_schema,
@@ -270,6 +271,10 @@ impl Catalog {
             .build_arc()
             .map_err(df("building the query runtime"))?;
         let mut config = SessionConfig::new().with_information_schema(true);
+        // PostgreSQL's grammar, as psql users and `retain serve` clients write it (and so that
+        // `details->>'via' = 'serve'` compares the text, as in PostgreSQL: the generic dialect
+        // binds `=` tighter than `->>`). Hold conditions are parsed with it too.
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         // Measured on the 10M-record benchmark (docs/PERFORMANCE.md): text as plain Utf8 makes
         // lower() and grouping on text about a third cheaper than Utf8View, and reading each
         // small file's page index cost more than the pages it let a scan skip.
@@ -278,12 +283,16 @@ impl Catalog {
         parquet.enable_page_index = false;
         // Partial aggregations grouped by dictionaries map the dictionaries to groups once per
         // batch (crate::group).
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(DictionaryAggregate))
             .build();
+        // JSON functions and operators (`json_get_str(details, 'via')`, `details->>'via'`) for
+        // the JSON text columns: audit details, manifests, certificates.
+        datafusion_functions_json::register_all(&mut state)
+            .map_err(df("registering the JSON functions"))?;
         let ctx = SessionContext::new_with_state(state);
         // Hold coverage `(a AND b) IS NOT FALSE` as two filters, so the scan can apply the
         // selective one while decoding (crate::simplify).
@@ -530,6 +539,7 @@ impl Catalog {
     /// types `records` is written with.
     pub async fn plan(&self, sql: &str) -> Result<Vec<Statement>> {
         let statements = DFParserBuilder::new(sql)
+            .with_dialect(&PostgreSqlDialect {})
             .build()
             .and_then(|mut p| p.parse_statements())
             .map_err(|source| Error::Parse { source })?;
@@ -742,19 +752,33 @@ fn plain_type(data_type: &DataType) -> Option<DataType> {
 }
 
 /// `plan` with a projection on top that casts every column holding dictionaries or views to the
-/// plain type ([`plain_type`]); `plan` itself when no column does.
+/// plain type ([`plain_type`]), and writes a JSON value (`json_get`, `->`: an Arrow union,
+/// which neither the wire nor CSV can carry) as its JSON text; `plan` itself when no column
+/// needs either.
 fn plain_text(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
     let schema = Arc::clone(plan.schema());
+    let json = |t: &DataType| *t == *datafusion_functions_json::JSON_UNION_DATA_TYPE;
     let casts: Vec<Option<DataType>> = schema
         .fields()
         .iter()
-        .map(|f| plain_type(f.data_type()))
+        .map(|f| {
+            if json(f.data_type()) {
+                Some(DataType::Utf8)
+            } else {
+                plain_type(f.data_type())
+            }
+        })
         .collect();
     if casts.iter().all(Option::is_none) {
         return Ok(plan);
     }
     let exprs = schema.iter().zip(casts).map(|((qualifier, field), plain)| {
         let column = Expr::Column(Column::from((qualifier, field)));
+        let column = if json(field.data_type()) {
+            datafusion_functions_json::udfs::json_union_to_text_udf().call(vec![column])
+        } else {
+            column
+        };
         match plain {
             Some(to) => cast(column, to).alias_qualified(qualifier.cloned(), field.name()),
             None => column,

@@ -677,6 +677,61 @@ async fn an_empty_lake_has_every_table_empty_and_the_memory_limit_holds() -> Res
     Ok(())
 }
 
+/// JSON functions and operators read the JSON text columns (here the manifests' content) as
+/// serde_json does; a JSON value (`->`) comes out as its JSON text.
+#[tokio::test]
+async fn json_functions_and_operators_read_manifests_as_serde_json_does() -> Result<()> {
+    let lake = lake().await?;
+    let catalog = lake.catalog().await?;
+    let got = rows(
+        &catalog,
+        "SELECT content->>'id', content->'records_version', \
+         CAST(json_length(content, 'entries') AS BIGINT), content->'by_category'->>'clinical', \
+         json_get_str(content, 'planned_by'), json_get_int(content, 'records_version'), \
+         json_contains(content, 'query'), json_contains(content, 'no_such_key'), \
+         content->'holds', content FROM manifests",
+    )
+    .await?;
+    assert_eq!(got.len(), 3, "three manifest revisions: {got:?}");
+    for row in &got {
+        let fields: Vec<&str> = row.splitn(10, '|').collect();
+        let v: serde_json::Value = serde_json::from_str(fields[9])?;
+        let text = |x: &serde_json::Value| match x {
+            serde_json::Value::Null => "NULL".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let expected = [
+            text(&v["id"]),
+            v["records_version"].to_string(),
+            v["entries"].as_array().unwrap().len().to_string(),
+            text(&v["by_category"]["clinical"]),
+            text(&v["planned_by"]),
+            v["records_version"].to_string(),
+            "true".to_owned(),
+            "false".to_owned(),
+            v["holds"].to_string(),
+        ];
+        assert_eq!(
+            fields[..9],
+            expected.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            "{row}"
+        );
+        assert!(!v["entries"].as_array().unwrap().is_empty());
+    }
+    // In a filter.
+    assert_eq!(
+        count(
+            &catalog,
+            "SELECT count(*) FROM manifests WHERE content->>'planned_by' = 'records.manager' \
+             AND json_get_int(content, 'records_version') >= 0"
+        )
+        .await?,
+        3
+    );
+    Ok(())
+}
+
 /// The rows of a result as text lines, sorted (for comparing two catalogs' answers).
 async fn rows(catalog: &Catalog, sql: &str) -> Result<Vec<String>> {
     let batches = catalog.query(sql).await?;
