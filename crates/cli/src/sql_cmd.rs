@@ -6,16 +6,14 @@
 //! query to fix (syntax, an unknown table, column or function, a statement that would change
 //! something), 1 a failure (storage, memory limit, the audit trail).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 use clap::Args;
-use retain_lake::{AuditAction, AuditEntry, AuditTable};
+use retain_lake::AuditTable;
 use retain_query::datafusion::arrow::array::RecordBatch;
 use retain_query::datafusion::arrow::datatypes::SchemaRef;
 use retain_query::datafusion::logical_expr::LogicalPlan;
@@ -240,36 +238,11 @@ fn schema_of(st: &Statement) -> SchemaRef {
 }
 
 async fn audit(s: &mut Session, st: &Statement, rows: Option<usize>) -> Result<()> {
-    let versions: BTreeMap<&str, Option<u64>> = s
-        .catalog
-        .tables()
-        .iter()
-        .filter(|t| st.tables.contains(&t.name))
-        .map(|t| (t.name.as_str(), t.version))
-        .collect();
-    let target = if st.tables.is_empty() {
-        "none".to_owned()
-    } else {
-        st.tables.join(",")
-    };
-    // No query text: literals in it (a name, an MRN) can be PHI. The hash identifies it.
-    let mut details = serde_json::json!({
-        "query_sha256": st.sha256,
-        "statement": st.index,
-        "tables": st.tables,
-        "named": st.named,
-        "versions": versions,
-        "outcome": if rows.is_some() { "ok" } else { "failed" },
-        "rows": rows,
-    });
+    let mut how = serde_json::Map::new();
     if s.mask_phi {
-        details["masked"] = true.into();
+        how.insert("masked".into(), true.into());
     }
-    let mut entry =
-        AuditEntry::new(AuditAction::SqlQuery, &s.by, Utc::now(), target).with_details(&details);
-    if let Some(v) = versions.get("records").copied().flatten() {
-        entry = entry.with_table_version(v as i64);
-    }
+    let entry = s.catalog.audit_entry(st, &s.by, rows, how);
     s.audit
         .append(&[entry])
         .await

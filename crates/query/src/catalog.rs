@@ -1,7 +1,7 @@
 //! The catalog: one read-only, memory-limited DataFusion session over the lake's Delta tables,
 //! with Retain's views and functions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, Utc};
@@ -30,8 +30,8 @@ use retain_govern::{
 use retain_lake::deltalake::{DeltaTableBuilder, ensure_table_uri};
 use retain_lake::schema::columns;
 use retain_lake::{
-    AUDIT_TABLE, DEAD_LETTERS_TABLE, RECORDS_TABLE, audit_schema, dead_letters_schema,
-    records_schema,
+    AUDIT_TABLE, AuditAction, AuditEntry, DEAD_LETTERS_TABLE, RECORDS_TABLE, audit_schema,
+    dead_letters_schema, records_schema,
 };
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, instrument};
@@ -512,6 +512,48 @@ impl Catalog {
     /// The lake tables, in [`TABLES`] order.
     pub fn tables(&self) -> &[LakeTable] {
         &self.tables
+    }
+
+    /// The `sql_query` audit entry for `st`, run by `actor` (`rows` is `None` when it failed):
+    /// the lake tables it read as the target, their versions, the statement's hash and row
+    /// count, then the `extra` keys (how it came in). Never the query text: literals in it (a
+    /// name, an MRN) can be PHI; the hash identifies it.
+    pub fn audit_entry(
+        &self,
+        st: &Statement,
+        actor: &str,
+        rows: Option<usize>,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> AuditEntry {
+        let versions: BTreeMap<&str, Option<u64>> = self
+            .tables
+            .iter()
+            .filter(|t| st.tables.contains(&t.name))
+            .map(|t| (t.name.as_str(), t.version))
+            .collect();
+        let target = if st.tables.is_empty() {
+            "none".to_owned()
+        } else {
+            st.tables.join(",")
+        };
+        let mut details = serde_json::json!({
+            "query_sha256": st.sha256,
+            "statement": st.index,
+            "tables": st.tables,
+            "named": st.named,
+            "versions": versions,
+            "outcome": if rows.is_some() { "ok" } else { "failed" },
+            "rows": rows,
+        });
+        if let Some(d) = details.as_object_mut() {
+            d.extend(extra);
+        }
+        let mut entry = AuditEntry::new(AuditAction::SqlQuery, actor, Utc::now(), target)
+            .with_details(&details);
+        if let Some(v) = versions.get(RECORDS_TABLE).copied().flatten() {
+            entry = entry.with_table_version(v as i64);
+        }
+        entry
     }
 
     /// One lake table by name.

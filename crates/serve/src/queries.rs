@@ -5,11 +5,9 @@
 //! transaction hook, which acknowledges `BEGIN`/`COMMIT`/`ROLLBACK`), so the session service's
 //! own SessionContext, an empty one, never runs anything.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::pgwire;
 use datafusion_postgres::{QueryHook, hooks::HookClient};
@@ -17,7 +15,6 @@ use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{QueryResponse, Response};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use retain_lake::{AuditAction, AuditEntry};
 use retain_query::Statement;
 use retain_query::datafusion::arrow::array::RecordBatch;
 use retain_query::datafusion::common::ParamValues;
@@ -133,35 +130,11 @@ impl Queries {
         st: &Statement,
         rows: Option<usize>,
     ) -> PgWireResult<()> {
-        let versions: BTreeMap<&str, Option<u64>> = session
-            .catalog
-            .tables()
-            .iter()
-            .filter(|t| st.tables.contains(&t.name))
-            .map(|t| (t.name.as_str(), t.version))
-            .collect();
-        let target = if st.tables.is_empty() {
-            "none".to_owned()
-        } else {
-            st.tables.join(",")
-        };
-        // No query text: literals in it (a name, an MRN) can be PHI. The hash identifies it.
-        let mut entry = AuditEntry::new(AuditAction::SqlQuery, &session.user, Utc::now(), target)
-            .with_details(&serde_json::json!({
-                "query_sha256": st.sha256,
-                "statement": st.index,
-                "tables": st.tables,
-                "named": st.named,
-                "versions": versions,
-                "outcome": if rows.is_some() { "ok" } else { "failed" },
-                "rows": rows,
-                "via": "serve",
-                "role": session.role.as_str(),
-                "client": session.client,
-            }));
-        if let Some(v) = versions.get("records").copied().flatten() {
-            entry = entry.with_table_version(v as i64);
-        }
+        let mut how = serde_json::Map::new();
+        how.insert("via".into(), "serve".into());
+        how.insert("role".into(), session.role.as_str().into());
+        how.insert("client".into(), session.client.clone().into());
+        let entry = session.catalog.audit_entry(st, &session.user, rows, how);
         self.shared
             .audit
             .lock()
