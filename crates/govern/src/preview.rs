@@ -7,7 +7,6 @@ use datafusion::arrow::array::{Array, AsArray};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-
 use retain_lake::RecordsTable;
 use serde::Serialize;
 
